@@ -1,0 +1,32 @@
+"""The vlcache store's contract: versioned layout, embedding-space specs, table schemas, the
+read API (`open_store`) and the validator (`verify`). Depends on zarr, pyarrow and fsspec only,
+so the trainer and notebooks read a store without torch or open_clip."""
+
+from .embeddings import SpaceEmbeddings, checksum
+from .errors import (
+    DatasetConflictError,
+    InvalidSourceError,
+    InvalidSpecError,
+    SchemaVersionError,
+    StoreBusyError,
+    StoreNotFoundError,
+    StoreNotWritableError,
+    UnknownDatasetError,
+    UnknownSpaceError,
+    VlcacheError,
+)
+from .layout import Geometry
+from .location import Location
+from .space import EXTRACTION_VERSION, EmbeddingSpace
+from .store import DatasetTables, Store, open_store
+from .tables import text_hash
+from .verify import VerifyReport, verify
+from .version import SCHEMA_VERSION
+
+__all__ = [
+    "EXTRACTION_VERSION", "SCHEMA_VERSION", "DatasetConflictError", "DatasetTables", "EmbeddingSpace",
+    "Geometry", "InvalidSourceError", "InvalidSpecError", "Location", "SchemaVersionError",
+    "SpaceEmbeddings", "Store", "StoreBusyError", "StoreNotFoundError", "StoreNotWritableError",
+    "UnknownDatasetError", "UnknownSpaceError", "VerifyReport", "VlcacheError", "checksum",
+    "open_store", "text_hash", "verify",
+]

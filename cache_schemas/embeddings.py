@@ -1,0 +1,235 @@
+"""One embedding space's data: its Zarr arrays, the plans that assign rows to content, and the
+commit records (parts) that make encoded shards visible. Readers see only committed rows."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict
+from functools import cached_property
+from typing import Iterable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import zarr
+from zarr.codecs import ZstdCodec
+
+from . import tables
+from .errors import InvalidSpecError
+from .layout import (EMBEDDINGS, SPACE_SPEC, ArrayLayout, Geometry, Kind, array_layouts, part_path,
+                     plan_path, space_dir)
+from .location import Location
+from .space import EmbeddingSpace
+
+PART_SCHEMAS = {"images": tables.IMAGE_PART, "texts": tables.TEXT_PART}
+VIEW_SCHEMAS = {"images": tables.IMAGES, "texts": tables.TEXTS}
+ERROR_STAGE = {"images": "decode", "texts": "tokenize"}
+# zstd at its fastest level: float16 embeddings shrink little, so a higher level only costs time.
+COMPRESSORS = (ZstdCodec(level=1),)
+
+
+def checksum(block: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(block).tobytes()).hexdigest()
+
+
+class SpaceEmbeddings:
+    def __init__(self, location: Location, spec: EmbeddingSpace, geometry: Geometry, writable: bool):
+        self.location = location
+        self.spec = spec
+        self.key = spec.key
+        self.geometry = geometry
+        self.writable = writable
+        self.layouts: dict[str, ArrayLayout] = {a.name: a for a in array_layouts(spec)}
+
+    def __repr__(self) -> str:
+        return f"SpaceEmbeddings({self.key!r})"
+
+    @classmethod
+    def open(cls, location: Location, key: str, writable: bool) -> "SpaceEmbeddings":
+        doc = location.read_json(f"{space_dir(key)}/{SPACE_SPEC}")
+        spec = EmbeddingSpace.from_json(doc["spec"])
+        if spec.key != key:
+            raise InvalidSpecError(f"space folder {key} holds the spec of {spec.key}")
+        return cls(location, spec, Geometry(**doc["geometry"]), writable)
+
+    @classmethod
+    def create(cls, location: Location, spec: EmbeddingSpace, geometry: Geometry) -> "SpaceEmbeddings":
+        """Create empty arrays, then the spec file: a space is listed only once it is complete."""
+        space = cls(location, spec, geometry, writable=True)
+        root = zarr.open_group(location.zarr_store(space._rel(EMBEDDINGS), read_only=False), mode="w",
+                               attributes={"vlcache": {"space": spec.to_json(), "geometry": asdict(geometry)}})
+        for array in space.layouts.values():
+            chunks, shards = array.chunks(spec, geometry)
+            root.create_array(array.name, shape=(0, *array.row_shape), chunks=chunks, shards=shards,
+                              dtype=spec.dtype, compressors=COMPRESSORS, fill_value=0)
+        location.write_json(space._rel(SPACE_SPEC), {"spec": spec.to_json(), "geometry": asdict(geometry)})
+        return space
+
+    def _rel(self, name: str) -> str:
+        return f"{space_dir(self.key)}/{name}"
+
+    # -- arrays ---------------------------------------------------------------------------------
+
+    @cached_property
+    def group(self) -> zarr.Group:
+        store = self.location.zarr_store(self._rel(EMBEDDINGS), read_only=not self.writable)
+        return zarr.open_group(store, mode="r+" if self.writable else "r")
+
+    def array(self, name: str) -> zarr.Array:
+        if name not in self.layouts:
+            raise KeyError(f"space {self.key} stores no {name!r}; it stores {sorted(self.layouts)}")
+        return self.group[name]
+
+    def arrays(self, kind: Kind) -> list[str]:
+        return [a.name for a in self.layouts.values() if a.kind == kind]
+
+    def grow(self, kind: Kind, n_shards: int) -> None:
+        """Make every array of `kind` long enough for shards [0, n_shards). Only the driver calls this:
+        workers write data inside the shape, never metadata."""
+        for name in self.arrays(kind):
+            rows = self.layouts[name].rows_for_shards(self.spec, self.geometry, n_shards)
+            array = self.array(name)
+            if array.shape[0] < rows:
+                array.resize((rows, *array.shape[1:]))
+
+    def token_base(self, shard: int) -> int:
+        """First text_tokens row owned by a text shard."""
+        return shard * self.geometry.rows_per_shard * self.spec.context_length
+
+    # -- plans and commits ----------------------------------------------------------------------
+
+    def plan(self, kind: Kind) -> pa.Table:
+        """Every row ever assigned for `kind`, committed or not."""
+        names = [n for n in self.location.listdir(self._rel("plans")) if n.startswith(f"{kind}-")]
+        parts = [self.location.read_parquet(self._rel(f"plans/{n}")) for n in names]
+        schema = pa.schema([f for f in PART_SCHEMAS[kind] if f.name != "error"])
+        return pa.concat_tables([tables.conform(p, schema, "plan") for p in parts]) if parts else schema.empty_table()
+
+    def write_plan(self, kind: Kind, plan: pa.Table) -> None:
+        """Claim the plan's shards. Exclusive: a concurrent extraction claiming them too fails."""
+        first_shard = self.geometry.shard_of(int(pc.min(plan["row"]).as_py()))
+        self.location.write_parquet(plan_path(self.key, kind, first_shard), plan, exclusive=True)
+
+    def committed_shards(self, kind: Kind) -> list[int]:
+        return [int(n.split(".")[0]) for n in self.location.listdir(self._rel(f"parts/{kind}")) if n.endswith(".parquet")]
+
+    def pending_shards(self, kind: Kind) -> list[int]:
+        planned = {self.geometry.shard_of(r) for r in self.plan(kind)["row"].to_pylist()}
+        return sorted(planned - set(self.committed_shards(kind)))
+
+    def next_free_shard(self, kind: Kind) -> int:
+        rows = self.plan(kind)["row"]
+        return self.geometry.shard_of(int(pc.max(rows).as_py())) + 1 if len(rows) else 0
+
+    def commit(self, kind: Kind, shard: int, part: pa.Table, checksums: dict[str, str],
+               token_rows: tuple[int, int] | None = None) -> None:
+        """Make a shard visible. Called after its arrays are written; the part file is the commit."""
+        meta = {"shard": shard, "checksums": checksums, "committed": time.time()}
+        if token_rows is not None:
+            meta["token_rows"] = list(token_rows)
+        part = tables.conform(part, PART_SCHEMAS[kind], f"{kind} part")
+        part = part.replace_schema_metadata({"vlcache": json.dumps(meta)})
+        self.location.write_parquet(part_path(self.key, kind, shard), part)
+
+    def part(self, kind: Kind, shard: int) -> tuple[pa.Table, dict]:
+        table = self.location.read_parquet(part_path(self.key, kind, shard))
+        meta = json.loads(table.schema.metadata[b"vlcache"])
+        return tables.conform(table, PART_SCHEMAS[kind], f"{kind} part {shard}"), meta
+
+    @cached_property
+    def _parts(self) -> dict[Kind, pa.Table]:
+        out = {}
+        for kind in ("images", "texts"):
+            parts = [self.part(kind, s)[0] for s in self.committed_shards(kind)]
+            out[kind] = pa.concat_tables(parts) if parts else PART_SCHEMAS[kind].empty_table()
+        return out
+
+    def refresh(self) -> None:
+        """Forget cached tables, to see shards committed since they were read."""
+        for name in ("_parts", "_row_index", "_token_index"):
+            self.__dict__.pop(name, None)
+
+    # -- the read API's tables ------------------------------------------------------------------
+
+    def images(self) -> pa.Table:
+        """Committed, successfully encoded images: hash, uri, width, height, row."""
+        return self.view("images")
+
+    def texts(self) -> pa.Table:
+        """Committed texts: hash, text, n_tokens, offset (into text_tokens), row."""
+        return self.view("texts")
+
+    def view(self, kind: Kind) -> pa.Table:
+        part = self._parts[kind]
+        return part.filter(pc.is_null(part["error"])).select(VIEW_SCHEMAS[kind].names)
+
+    def errors(self) -> pa.Table:
+        rows = []
+        for kind, source in (("images", "uri"), ("texts", "text")):
+            failed = self._parts[kind].filter(pc.is_valid(self._parts[kind]["error"]))
+            rows += [{"source": s, "stage": ERROR_STAGE[kind], "message": m}
+                     for s, m in zip(failed[source].to_pylist(), failed["error"].to_pylist())]
+        return pa.Table.from_pylist(rows, schema=tables.ERRORS)
+
+    def failed_hashes(self, kind: Kind) -> set[str]:
+        part = self._parts[kind]
+        return set(part.filter(pc.is_valid(part["error"]))["hash"].to_pylist())
+
+    # -- fetching tensors -----------------------------------------------------------------------
+
+    @cached_property
+    def _row_index(self) -> dict[Kind, dict[str, int]]:
+        return {kind: dict(zip(self.view(kind)["hash"].to_pylist(), self.view(kind)["row"].to_pylist()))
+                for kind in ("images", "texts")}
+
+    def rows(self, kind: Kind, hashes: Iterable[str | None]) -> np.ndarray:
+        """Rows of the given content hashes; -1 where the space lacks one (not encoded, or failed)."""
+        index = self._row_index[kind]
+        return np.fromiter((index.get(h, -1) if h else -1 for h in hashes), dtype=np.int64)
+
+    def read(self, name: str, rows: np.ndarray) -> np.ndarray:
+        """Rows of an image or text-global array, in the order asked: (len(rows), *row_shape)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size and rows.min() < 0:
+            raise IndexError(f"row -1 asked of {name}: some content is not in space {self.key}")
+        if self.layouts[name].ragged:
+            raise ValueError(f"{name} is ragged: use read_tokens")
+        unique, inverse = np.unique(rows, return_inverse=True)
+        return self.array(name).oindex[unique][inverse] if rows.size else np.empty((0, *self.layouts[name].row_shape), self.spec.dtype)
+
+    @cached_property
+    def _token_index(self) -> tuple[np.ndarray, np.ndarray]:
+        texts = self.view("texts")
+        size = int(pc.max(texts["row"]).as_py()) + 1 if texts.num_rows else 0
+        offsets, lengths = np.zeros(size, np.int64), np.zeros(size, np.int64)
+        offsets[texts["row"].to_numpy()] = texts["offset"].to_numpy()
+        lengths[texts["row"].to_numpy()] = texts["n_tokens"].to_numpy()
+        return offsets, lengths
+
+    def read_tokens(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Text tokens of `rows`, concatenated: (sum of lengths, D), and each text's length."""
+        rows = np.asarray(rows, dtype=np.int64)
+        offsets, lengths = self._token_index
+        if rows.size and (rows.min() < 0 or rows.max() >= len(offsets)):
+            raise IndexError(f"text rows out of range for space {self.key}")
+        take = lengths[rows]
+        index = np.concatenate([np.arange(o, o + n) for o, n in zip(offsets[rows], take)]) if rows.size else np.empty(0, np.int64)
+        unique, inverse = np.unique(index, return_inverse=True)
+        flat = self.array("text_tokens").oindex[unique][inverse] if index.size else np.empty((0, self.spec.text_token_dim), self.spec.dtype)
+        return flat, take
+
+    def read_tokens_padded(self, rows: np.ndarray, length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Text tokens padded to `length` (default: the longest): (n, L, D) and a boolean mask (n, L)."""
+        flat, lengths = self.read_tokens(rows)
+        length = int(lengths.max(initial=0)) if length is None else length
+        out = np.zeros((len(lengths), length, flat.shape[1]), dtype=flat.dtype)
+        mask = np.arange(length)[None, :] < np.minimum(lengths, length)[:, None]
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        for i, (start, n) in enumerate(zip(starts, np.minimum(lengths, length))):
+            out[i, :n] = flat[start:start + n]
+        return out, mask
+
+    def nbytes_stored(self) -> dict[str, int]:
+        return {name: int(self.array(name).nbytes_stored()) for name in self.layouts}

@@ -1,0 +1,56 @@
+"""`describe_store`: what a store holds, as plain data for `vlcache cache info` (text or JSON)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .store import Store
+
+
+def describe_store(store: Store) -> dict[str, Any]:
+    datasets = {name: _dataset(store, name) for name in store.dataset_names()}
+    spaces = {key: _space(store, key) for key in store.space_keys()}
+    unique_images, unique_texts = set(), set()
+    for name in datasets:
+        unique_images |= set(store.dataset(name).images["hash"].to_pylist())
+        unique_texts |= set(store.dataset(name).texts["hash"].to_pylist())
+    return {
+        "store": store.location.uri,
+        "schema_version": store.manifest["schema_version"],
+        "unique": {"items": sum(d["items"] for d in datasets.values()),
+                   "images": len(unique_images), "texts": len(unique_texts)},
+        "datasets": datasets,
+        "spaces": spaces,
+    }
+
+
+def _dataset(store: Store, name: str) -> dict[str, Any]:
+    dataset = store.dataset(name)
+    return {"items": dataset.items.num_rows, "images": dataset.images.num_rows,
+            "texts": dataset.texts.num_rows, "read_errors": dataset.errors.num_rows,
+            "subsets": sorted(set(dataset.items["subset"].to_pylist())), "source": dataset.manifest["source"]}
+
+
+def _space(store: Store, key: str) -> dict[str, Any]:
+    space = store.space(key)
+    images, texts = set(space.images()["hash"].to_pylist()), set(space.texts()["hash"].to_pylist())
+    coverage = {}
+    for name in store.dataset_names():
+        dataset = store.dataset(name)
+        coverage[name] = {
+            "images": sum(h in images for h in dataset.images["hash"].to_pylist()),
+            "texts": sum(h in texts for h in dataset.texts["hash"].to_pylist()),
+        }
+    nbytes = space.nbytes_stored()
+    return {
+        "model": space.spec.model,
+        "description": space.spec.describe(),
+        "spec": space.spec.to_json(),
+        "images": len(images),
+        "texts": len(texts),
+        "failed": space.errors().num_rows,
+        "shards": {kind: len(space.committed_shards(kind)) for kind in ("images", "texts")},
+        "pending_shards": {kind: len(space.pending_shards(kind)) for kind in ("images", "texts")},
+        "bytes": {"total": sum(nbytes.values()), **nbytes},
+        "datasets": coverage,
+    }

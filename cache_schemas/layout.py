@@ -1,0 +1,110 @@
+"""Where everything lives in a store, and the shape of every array.
+
+    <store>/
+      vlcache.json                         schema version, created-by
+      datasets/<name>/manifest.json        written last: a dataset exists once this exists
+      datasets/<name>/{items,images,texts,errors}.parquet
+      spaces/<key>/space.json              the EmbeddingSpace spec plus its shard geometry
+      spaces/<key>/embeddings.zarr/        Zarr v3 group: image_patches, image_cls, image_values,
+                                           image_global, text_tokens (ragged, flat), text_global
+      spaces/<key>/plans/<first-shard>.parquet   rows assigned to content, before encoding
+      spaces/<key>/parts/{images,texts}/<shard>.parquet   commit records, one per encoded shard
+
+Shard s of a kind owns rows [s*R, (s+1)*R) of that kind's arrays (and, for texts, token rows
+[s*R*C, (s+1)*R*C) of text_tokens, C the context length), so each Zarr shard has exactly one writer.
+Rows a shard does not fill stay unwritten and cost no bytes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from .errors import InvalidSpecError
+from .space import EmbeddingSpace
+
+Kind = Literal["images", "texts"]
+KINDS: tuple[Kind, ...] = ("images", "texts")
+
+STORE_MANIFEST = "vlcache.json"
+SPACE_SPEC = "space.json"
+EMBEDDINGS = "embeddings.zarr"
+
+
+def dataset_dir(name: str) -> str:
+    return f"datasets/{name}"
+
+
+def space_dir(key: str) -> str:
+    return f"spaces/{key}"
+
+
+def plan_path(key: str, kind: Kind, first_shard: int) -> str:
+    return f"{space_dir(key)}/plans/{kind}-{first_shard:06d}.parquet"
+
+
+def part_path(key: str, kind: Kind, shard: int) -> str:
+    return f"{space_dir(key)}/parts/{kind}/{shard:06d}.parquet"
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How rows group into shards (the unit of work and commit) and chunks (the unit of reading)."""
+
+    rows_per_shard: int = 1024
+    chunk_rows: int = 32
+
+    def __post_init__(self) -> None:
+        if self.rows_per_shard < 1 or self.chunk_rows < 1 or self.rows_per_shard % self.chunk_rows:
+            raise InvalidSpecError(
+                f"rows_per_shard ({self.rows_per_shard}) must be a positive multiple of chunk_rows ({self.chunk_rows})"
+            )
+
+    @classmethod
+    def for_shard_rows(cls, rows_per_shard: int) -> "Geometry":
+        chunk = next(c for c in (32, 16, 8, 4, 2, 1) if rows_per_shard % c == 0)
+        return cls(rows_per_shard, chunk)
+
+    def shard_of(self, row: int) -> int:
+        return row // self.rows_per_shard
+
+    def shard_rows(self, shard: int) -> range:
+        return range(shard * self.rows_per_shard, (shard + 1) * self.rows_per_shard)
+
+
+@dataclass(frozen=True)
+class ArrayLayout:
+    """One Zarr array: its kind, the shape of one row, and whether it is the ragged token array."""
+
+    name: str
+    kind: Kind
+    row_shape: tuple[int, ...]
+    ragged: bool = False
+
+    def chunks(self, space: EmbeddingSpace, geometry: Geometry) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(chunk shape, shard shape). A text_tokens chunk holds chunk_rows full contexts' worth of
+        tokens, so one chunk usually covers several times chunk_rows real captions."""
+        rows, shard = geometry.chunk_rows, geometry.rows_per_shard
+        if self.ragged:
+            rows, shard = rows * space.context_length, shard * space.context_length
+        return (rows, *self.row_shape), (shard, *self.row_shape)
+
+    def rows_for_shards(self, space: EmbeddingSpace, geometry: Geometry, n_shards: int) -> int:
+        return n_shards * self.chunks(space, geometry)[1][0]
+
+
+def array_layouts(space: EmbeddingSpace) -> tuple[ArrayLayout, ...]:
+    """The arrays a space stores, derived from its spec."""
+    d, p, e = space.token_dim, space.dims["patches"], space.dims["embed_dim"]
+    arrays = []
+    if "patches" in space.image_tokens:
+        arrays.append(ArrayLayout("image_patches", "images", (p, d)))
+    if "cls" in space.image_tokens:
+        arrays.append(ArrayLayout("image_cls", "images", (d,)))
+    if "values" in space.image_tokens:
+        arrays.append(ArrayLayout("image_values", "images", (p, e)))
+    arrays += [
+        ArrayLayout("image_global", "images", (e,)),
+        ArrayLayout("text_tokens", "texts", (space.text_token_dim,), ragged=True),
+        ArrayLayout("text_global", "texts", (e,)),
+    ]
+    return tuple(arrays)

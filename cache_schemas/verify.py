@@ -1,0 +1,95 @@
+"""`verify`: re-read every committed shard and check it against its commit record."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow.compute as pc
+
+from .embeddings import SpaceEmbeddings, checksum
+from .errors import VlcacheError
+from .store import Store
+
+
+@dataclass
+class VerifyReport:
+    problems: list[str] = field(default_factory=list)
+    checked: Counter = field(default_factory=Counter)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify(store: Store) -> VerifyReport:
+    report = VerifyReport()
+    for name in store.dataset_names():
+        _verify_dataset(store, name, report)
+    for key in store.space_keys():
+        try:
+            space = store.space(key)
+        except VlcacheError as exc:
+            report.problems.append(f"space {key}: {exc}")
+            continue
+        for kind in ("images", "texts"):
+            _verify_kind(space, kind, report)
+    return report
+
+
+def _verify_dataset(store: Store, name: str, report: VerifyReport) -> None:
+    try:
+        dataset = store.dataset(name)
+        items, images, texts = dataset.items, dataset.images, dataset.texts
+    except (VlcacheError, OSError) as exc:
+        report.problems.append(f"dataset {name}: {exc}")
+        return
+    image_hashes, text_hashes = set(images["hash"].to_pylist()), set(texts["hash"].to_pylist())
+    referenced_images = set(items["image"].drop_null().to_pylist())
+    referenced_images |= set(pc.list_flatten(items["negative_images"]).to_pylist())
+    referenced_texts = set(items["caption"].to_pylist()) | set(pc.list_flatten(items["negative_captions"]).to_pylist())
+    for what, missing in (("images", referenced_images - image_hashes), ("texts", referenced_texts - text_hashes)):
+        if missing:
+            report.problems.append(f"dataset {name}: items refer to {len(missing)} {what} not in its {what} table")
+    report.checked["datasets"] += 1
+    report.checked["items"] += items.num_rows
+
+
+def _verify_kind(space: SpaceEmbeddings, kind: str, report: VerifyReport) -> None:
+    where = f"space {space.key} {kind}"
+    seen: Counter = Counter()
+    for shard in space.committed_shards(kind):
+        try:
+            part, meta = space.part(kind, shard)
+        except (VlcacheError, OSError, KeyError, ValueError) as exc:
+            report.problems.append(f"{where} shard {shard}: unreadable commit record ({exc})")
+            continue
+        rows = part["row"].to_numpy()
+        owned = space.geometry.shard_rows(shard)
+        if rows.size and (rows.min() < owned.start or rows.max() >= owned.stop):
+            report.problems.append(f"{where} shard {shard}: rows outside the shard's range")
+            continue
+        seen.update(part["hash"].to_pylist())
+        for name, expected in meta["checksums"].items():
+            try:
+                block = _committed_block(space, kind, name, part, meta)
+            except Exception as exc:  # a missing or corrupt Zarr shard surfaces as many error types
+                report.problems.append(f"{where} shard {shard}: {name} unreadable ({type(exc).__name__}: {exc})")
+                continue
+            if checksum(block) != expected:
+                report.problems.append(f"{where} shard {shard}: {name} does not match its checksum")
+        report.checked[f"{kind} shards"] += 1
+        report.checked[f"{kind} rows"] += len(rows)
+    duplicated = [h for h, n in seen.items() if n > 1]
+    if duplicated:
+        report.problems.append(f"{where}: {len(duplicated)} content hashes stored more than once")
+
+
+def _committed_block(space: SpaceEmbeddings, kind: str, name: str, part, meta: dict) -> np.ndarray:
+    array = space.array(name)
+    if space.layouts[name].ragged:
+        start, stop = meta["token_rows"]
+        return array[start:stop]
+    rows = part["row"].to_numpy()
+    return array[int(rows.min()):int(rows.max()) + 1] if rows.size else array[0:0]

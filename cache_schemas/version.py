@@ -1,0 +1,24 @@
+"""The store's schema version: MAJOR.MINOR.
+
+MINOR grows when the layout gains something old readers can ignore (a new optional column or array);
+MAJOR grows when old readers would misread the store. A reader refuses an unknown MAJOR."""
+
+from .errors import SchemaVersionError
+
+SCHEMA_VERSION = "1.0"
+
+
+def parse_schema_version(value: object) -> tuple[int, int]:
+    """Return (major, minor) of a store's version, refusing one this code cannot read."""
+    if not isinstance(value, str) or value.count(".") != 1:
+        raise SchemaVersionError(f"store has no valid schema_version (found {value!r})")
+    major, minor = value.split(".")
+    if not (major.isdigit() and minor.isdigit()):
+        raise SchemaVersionError(f"store has no valid schema_version (found {value!r})")
+    ours = int(SCHEMA_VERSION.split(".")[0])
+    if int(major) != ours:
+        raise SchemaVersionError(
+            f"store schema version {value} is not readable by this vlcache (reads {ours}.x); "
+            f"use a vlcache release for schema {major}.x"
+        )
+    return int(major), int(minor)

@@ -1,0 +1,286 @@
+"""Frozen open_clip encoders: describe one as an EmbeddingSpace without loading weights, and run
+one to produce the arrays a space stores.
+
+An encoder is (model name, weights), never the name alone: weights are a pretrained tag, a local
+checkpoint (identified by the sha256 of its bytes), or a seeded random init for tests and demos."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import logging
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import torch
+import torch.nn.functional as F
+from open_clip.transform import PreprocessCfg, image_transform_v2
+from open_clip.transformer import text_global_pool
+
+from cache_schemas import EmbeddingSpace, VlcacheError
+
+from .images import LOAD_POLICY
+
+CONFIG_DIR = Path(__file__).parent / "model_configs"
+open_clip.add_model_config(CONFIG_DIR)  # registers vlcache-tiny and friends by file stem
+RANDOM_SEED = 0
+
+
+class UnknownModelError(VlcacheError, ValueError):
+    """Not an open_clip model name, tag or checkpoint."""
+
+
+@dataclass(frozen=True)
+class EncoderRequest:
+    """What a user asks for; `describe` turns it into the EmbeddingSpace it produces."""
+
+    model: str
+    pretrained: str | None = None
+    image_tokens: tuple[str, ...] = ("patches", "cls")
+    layer: int = -1
+    projected: bool = False
+    dtype: str = "float16"
+
+
+def check_model(name: str) -> None:
+    if name.startswith(("hf-hub:", "local-dir:")) or name in open_clip.list_models():
+        return
+    close = difflib.get_close_matches(name, open_clip.list_models(), n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else "; see open_clip.list_models()"
+    raise UnknownModelError(f"unknown model {name!r}{hint}")
+
+
+def weights_id(model: str, pretrained: str | None) -> str:
+    if pretrained is None:
+        return f"random:{RANDOM_SEED}"
+    if os.path.isfile(pretrained):
+        return f"sha256:{_file_sha256(pretrained)}"
+    if open_clip.get_pretrained_cfg(model, pretrained):
+        return f"pretrained:{pretrained}"
+    tags = open_clip.list_pretrained_tags_by_model(model)
+    raise UnknownModelError(
+        f"--pretrained {pretrained!r} is neither a file nor a tag of {model} (tags: {', '.join(tags) or 'none'})"
+    )
+
+
+def describe(request: EncoderRequest) -> EmbeddingSpace:
+    """The space `request` produces, computed from the architecture alone (no weights, no download)."""
+    check_model(request.model)
+    weights = weights_id(request.model, request.pretrained)
+    tag_cfg = open_clip.get_pretrained_cfg(request.model, request.pretrained) if weights.startswith("pretrained:") else {}
+    with _quiet():
+        model = open_clip.create_model(request.model, pretrained=None, device="meta",
+                                       force_quick_gelu=bool(tag_cfg.get("quick_gelu", False)))
+    _check_layer(request.layer, model)
+    preprocess = open_clip.transform.merge_preprocess_dict(model.visual.preprocess_cfg, tag_cfg)
+    text = _TextTower.of(model)
+    return EmbeddingSpace(
+        model=request.model,
+        weights=weights,
+        preprocess={**preprocess, "load": LOAD_POLICY},
+        context_length=int(model.context_length),
+        text_trim="causal" if text is not None and text.causal else "none",
+        dims=_dims(model),
+        image_tokens=tuple(request.image_tokens),
+        layer=request.layer,
+        projected=request.projected,
+        dtype=request.dtype,
+        checkpoint_path=os.path.abspath(request.pretrained) if weights.startswith("sha256:") else None,
+        versions={"open_clip": open_clip.__version__, "torch": torch.__version__.split("+")[0]},
+    )
+
+
+@contextmanager
+def _quiet():
+    """Silence open_clip's "initialized randomly" warning: the space's weights id already says so."""
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def _n_blocks(model: torch.nn.Module) -> dict[str, int]:
+    visual = model.visual
+    image = len(visual.transformer.resblocks) if hasattr(visual, "transformer") else len(visual.trunk.blocks)
+    text = model.transformer if hasattr(model, "token_embedding") else getattr(model.text, "transformer", None)
+    return {"image": image, "text": len(text.resblocks) if text is not None else image}
+
+
+def _check_layer(layer: int, model: torch.nn.Module) -> None:
+    for tower, n in _n_blocks(model).items():
+        if not -n <= layer < n:
+            raise UnknownModelError(f"--layer {layer} is out of range: the {tower} tower has {n} blocks")
+
+
+def _dims(model: torch.nn.Module) -> dict[str, int]:
+    grid = getattr(model.visual, "grid_size", None)
+    patches = int(np.prod(grid)) if grid else int(model.visual.trunk.patch_embed.num_patches)
+    patch_dim = getattr(getattr(model.visual, "transformer", None), "width", None) or model.visual.trunk.num_features
+    text = _TextTower.of(model)
+    text_dim = text.width if text else model.text.output_dim
+    return {"patches": patches, "patch_dim": int(patch_dim), "text_dim": int(text_dim),
+            "embed_dim": int(model.visual.output_dim)}
+
+
+def _file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class _TextTower:
+    """The parts of a CLIP-style text transformer, for the causal, trimmed forward pass."""
+
+    token_embedding: torch.nn.Module
+    positional_embedding: torch.Tensor
+    transformer: torch.nn.Module
+    attn_mask: torch.Tensor | None
+    ln_final: torch.nn.Module
+    projection: torch.nn.Module | torch.Tensor | None
+    pool_type: str
+    eos_id: int | None
+    width: int
+
+    @classmethod
+    def of(cls, model: torch.nn.Module) -> "_TextTower | None":
+        if hasattr(model, "token_embedding"):  # open_clip.CLIP keeps its text tower inline
+            return cls(model.token_embedding, model.positional_embedding, model.transformer, model.attn_mask,
+                       model.ln_final, model.text_projection, model.text_pool_type,
+                       getattr(model, "text_eos_id", None), model.transformer.width)
+        text = getattr(model, "text", None)
+        if type(text).__name__ == "TextTransformer" and getattr(text, "cls_emb", None) is None:
+            return cls(text.token_embedding, text.positional_embedding, text.transformer, text.attn_mask,
+                       text.ln_final, text.text_projection, text.pool_type, text.eos_id, text.width)
+        return None  # Hugging Face or CoCa text towers: run through open_clip's own code
+
+    @property
+    def causal(self) -> bool:
+        return self.attn_mask is not None and self.pool_type in ("argmax", "eos", "last")
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        if self.projection is None:
+            return x
+        return self.projection(x) if isinstance(self.projection, torch.nn.Module) else x @ self.projection
+
+
+class TextTokenizer:
+    """open_clip's tokenizer for a model, plus each text's count of real (non-pad) tokens."""
+
+    def __init__(self, model: str):
+        self.tokenizer = open_clip.get_tokenizer(model)
+        self.pad_id = getattr(getattr(self.tokenizer, "tokenizer", None), "pad_token_id", None) or 0
+
+    def __call__(self, texts: list[str]) -> tuple[torch.Tensor, np.ndarray]:
+        """Token ids padded to the context length, and the real-token counts."""
+        ids = self.tokenizer(list(texts))
+        return ids, (ids != self.pad_id).sum(dim=1).numpy().astype(np.int32)
+
+    def count(self, texts: list[str]) -> np.ndarray:
+        return self(texts)[1]
+
+
+class Encoder:
+    """A loaded, frozen encoder that turns pixels and token ids into the arrays of its space."""
+
+    def __init__(self, space: EmbeddingSpace, pretrained: str | None, device: str = "cpu"):
+        self.space = space
+        self.device = torch.device(device)
+        torch.manual_seed(RANDOM_SEED)  # random-init weights are part of the space's identity
+        tag_cfg = open_clip.get_pretrained_cfg(space.model, pretrained) if space.weights.startswith("pretrained:") else {}
+        with _quiet():
+            self.model = open_clip.create_model(space.model, pretrained=pretrained, device=self.device,
+                                                force_quick_gelu=bool(tag_cfg.get("quick_gelu", False))).eval()
+        self.blocks = _n_blocks(self.model)
+        self.model.requires_grad_(False)
+        cfg = {k: v for k, v in space.preprocess.items() if k != "load"}
+        self.preprocess = image_transform_v2(PreprocessCfg(**cfg), is_train=False)
+        self.tokenize = TextTokenizer(space.model)
+        self.text_tower = _TextTower.of(self.model)
+
+    @property
+    def image_size(self) -> int:
+        size = self.space.preprocess["size"]
+        return int(size if isinstance(size, int) else max(size))
+
+    def _autocast(self):
+        # On CUDA, bf16 matmuls for float16 stores (storage rounds as much); float32 stores get fp32.
+        enabled = self.device.type == "cuda" and self.space.dtype == "float16"
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=enabled)
+
+    def _to_numpy(self, x: torch.Tensor) -> np.ndarray:
+        return x.float().cpu().numpy().astype(self.space.dtype)
+
+    # -- text -----------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def encode_texts(self, ids: torch.Tensor, n_tokens: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+        """Per-text token embeddings (real tokens only) and L2-normalised global embeddings."""
+        ids = ids.to(self.device, non_blocking=True)
+        with self._autocast():
+            if self.space.text_trim == "causal":
+                # A causal tower's real tokens never attend to the padding after them: dropping it
+                # changes no output and saves most of the compute on short captions.
+                tokens, pooled = self._causal_text(ids[:, : int(n_tokens.max())])
+            else:
+                tokens, pooled = self._full_text(ids)
+        tokens = self._to_numpy(tokens)
+        return [tokens[i, :n] for i, n in enumerate(n_tokens)], self._to_numpy(F.normalize(pooled.float(), dim=-1))
+
+    def _layer_index(self, tower: str) -> int:
+        return self.space.layer % self.blocks[tower]
+
+    def _causal_text(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        tower, length = self.text_tower, ids.shape[1]
+        x = tower.token_embedding(ids) + tower.positional_embedding[:length]
+        index = self._layer_index("text")
+        x, (tokens,) = tower.transformer.forward_intermediates(
+            x, attn_mask=tower.attn_mask[:length, :length], indices=[index])
+        tokens = tower.ln_final(tokens)
+        pooled = tower.project(text_global_pool(tower.ln_final(x), ids, tower.pool_type, tower.eos_id))
+        return (tower.project(tokens) if self.space.projected else tokens), pooled
+
+    def _full_text(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.model.forward_intermediates(text=ids, text_indices=[self._layer_index("text")],
+                                               normalize_intermediates=True, normalize=False)
+        tokens = out["text_intermediates"][0]
+        if self.space.projected:
+            if self.text_tower is None:
+                raise VlcacheError(f"projected text tokens are not supported for {self.space.model}'s text tower")
+            tokens = self.text_tower.project(tokens)
+        return tokens, out["text_features"]
+
+    # -- images ---------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def encode_images(self, pixels: torch.Tensor) -> dict[str, np.ndarray]:
+        """The image arrays of the space for a batch (B, 3, H, W): image_patches, image_cls, image_global."""
+        pixels = pixels.to(self.device, non_blocking=True)
+        with self._autocast():
+            out = self.model.forward_intermediates(
+                image=pixels, image_indices=[self._layer_index("image")], normalize_intermediates=True,
+                image_output_fmt="NLC", image_output_extra_tokens=True, normalize=False)
+        arrays = {"image_global": F.normalize(out["image_features"].float(), dim=-1)}
+        if "patches" in self.space.image_tokens:
+            arrays["image_patches"] = self._project_image(out["image_intermediates"][0])
+        if "cls" in self.space.image_tokens:
+            prefix = out.get("image_intermediates_prefix")
+            if not prefix or prefix[0].shape[1] == 0:
+                raise VlcacheError(f"{self.space.model} has no CLS token; store image tokens 'patches' only")
+            arrays["image_cls"] = self._project_image(prefix[0][:, 0])
+        return {name: self._to_numpy(value) for name, value in arrays.items()}
+
+    def _project_image(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.space.projected:
+            return x
+        proj = getattr(self.model.visual, "proj", None)
+        if proj is None:
+            raise VlcacheError(f"projected image tokens are not supported for {self.space.model}'s image tower")
+        return x @ proj

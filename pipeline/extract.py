@@ -1,0 +1,172 @@
+"""`extract`: read a source, register it as a dataset, and encode what the space lacks.
+
+    source --reader--> RawDataset --probe (Dask)--> dataset tables (content by hash)
+           --plan--> rows for new content --run_shard (Dask)--> arrays + commit records
+
+Every stage before the encoder pass is cheap and repeatable; the encoder pass runs each planned,
+uncommitted shard exactly once."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import pyarrow as pa
+from distributed import Client, as_completed
+from tqdm.auto import tqdm
+
+from cache_schemas import DatasetTables, Geometry, SpaceEmbeddings, Store, VlcacheError, open_store, text_hash
+from cache_schemas import tables as schema
+
+from .cluster import ClusterConfig, dask_client
+from .encoder import EncoderRequest, TextTokenizer, describe
+from .images import Probe, probe_many
+from .plan import pending_work, plan_new_content
+from .readers import RawDataset, read_source
+from .shards import ShardResult, ShardTask, run_shard
+
+PROBE_BATCH = 256
+
+
+class ShardFailedError(VlcacheError, RuntimeError):
+    """An encoder task failed; what committed before it stays."""
+
+
+@dataclass(frozen=True)
+class ExtractOptions:
+    batch_size: int = 64
+    device: str = "auto"
+    rows_per_shard: int = 1024
+    retry_failed: bool = False
+    progress: bool = True
+
+
+@dataclass
+class Summary:
+    dataset: str
+    space: str
+    items: int
+    images: int  # unique images of the dataset (readable ones)
+    texts: int  # unique texts of the dataset
+    images_present: int  # already in the space before this run
+    texts_present: int
+    images_encoded: int  # encoded by this run
+    texts_encoded: int
+    failed: int  # images that could not be read or decoded
+    shards_run: int
+    shards_resumed: int  # of shards_run, those planned by an interrupted earlier run
+    seconds: float
+
+    def lines(self) -> list[str]:
+        return [
+            f"dataset {self.dataset}: {self.items} items, {self.images} unique images, {self.texts} unique texts",
+            f"space {self.space}",
+            f"encoded {self.images_encoded} images and {self.texts_encoded} texts "
+            f"({self.images_present} images and {self.texts_present} texts already present)",
+            f"failed {self.failed} images (see `vlcache cache info` and the errors table)",
+            f"{self.shards_run} shards in {self.seconds:.1f}s ({self.shards_resumed} resumed from an earlier run)",
+        ]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def extract(source: str, fmt: str, dataset: str, encoder: EncoderRequest, store_uri: str, *,
+            images_root: str | None = None, split: str | None = None, cluster: ClusterConfig = ClusterConfig(),
+            options: ExtractOptions = ExtractOptions(), storage_options: dict | None = None) -> Summary:
+    started = time.perf_counter()
+    raw = read_source(source, fmt, images_root, split)  # user mistakes surface before any cluster starts
+    spec = describe(encoder)
+    store = open_store(store_uri, mode="a", storage_options=storage_options)
+    with dask_client(cluster) as client:
+        probes = _probe_images(client, raw.image_uris(), options.progress)
+        tables = dataset_tables(raw, probes)
+        registered = store.register_dataset(dataset, **tables, source={"uri": os.path.abspath(source), "format": fmt})
+        space = store.create_space(spec, Geometry.for_shard_rows(options.rows_per_shard))
+        present = {k: _present(space, k, registered) for k in ("images", "texts")}
+        interrupted = {k: set(space.pending_shards(k)) for k in ("images", "texts")}
+        plan_new_content(space, registered, TextTokenizer(spec.model).count, retry_failed=options.retry_failed)
+        results = _encode(client, store, space, encoder.pretrained, cluster, options)
+    resumed = sum(r.shard in interrupted[r.kind] for r in results)
+    return Summary(
+        dataset=dataset, space=space.key, items=registered.items.num_rows,
+        images=registered.images.num_rows, texts=registered.texts.num_rows,
+        images_present=present["images"], texts_present=present["texts"],
+        images_encoded=sum(r.rows - r.failed for r in results if r.kind == "images"),
+        texts_encoded=sum(r.rows - r.failed for r in results if r.kind == "texts"),
+        failed=registered.errors.num_rows + sum(r.failed for r in results),
+        shards_run=len(results), shards_resumed=resumed, seconds=time.perf_counter() - started,
+    )
+
+
+def _probe_images(client: Client, uris: list[str], progress: bool) -> dict[str, Probe]:
+    batches = [uris[i:i + PROBE_BATCH] for i in range(0, len(uris), PROBE_BATCH)]
+    probes: dict[str, Probe] = {}
+    with tqdm(total=len(uris), desc="hashing images", unit="img", disable=not progress) as bar:
+        for future in as_completed(client.map(probe_many, batches, pure=False)):
+            found = future.result()
+            probes.update((p.uri, p) for p in found)
+            bar.update(len(found))
+    return probes
+
+
+def dataset_tables(raw: RawDataset, probes: dict[str, Probe]) -> dict[str, pa.Table]:
+    """Items referring to content by hash, the unique images and texts, and the read errors."""
+    image_rows: dict[str, dict] = {}
+    for uri in raw.image_uris():
+        p = probes[uri]
+        if p.hash is not None and p.hash not in image_rows:
+            image_rows[p.hash] = {"hash": p.hash, "uri": uri, "width": p.width, "height": p.height,
+                                  "boxes": raw.boxes.get(uri)}
+    texts = [{"hash": text_hash(t), "text": t, "segments": raw.segments.get(t)} for t in raw.texts()]
+    errors = [{"source": p.uri, "stage": p.stage, "message": p.message} for p in probes.values() if p.hash is None]
+
+    def image(uri: str) -> str | None:
+        return probes[uri].hash
+
+    items = [{
+        "item_id": it.item_id, "subset": it.subset, "type": it.type, "subtype": it.subtype, "split": it.split,
+        "image": image(it.image), "caption": text_hash(it.caption),
+        "negative_captions": [text_hash(t) for t in it.negative_captions],
+        "negative_images": [h for h in map(image, it.negative_images) if h is not None],
+    } for it in raw.items]
+    return {
+        "items": pa.Table.from_pylist(items, schema=schema.ITEMS),
+        "images": pa.Table.from_pylist(list(image_rows.values()), schema=schema.DATASET_IMAGES),
+        "texts": pa.Table.from_pylist(texts, schema=schema.DATASET_TEXTS),
+        "errors": pa.Table.from_pylist(errors, schema=schema.ERRORS),
+    }
+
+
+def _present(space: SpaceEmbeddings, kind: str, dataset: DatasetTables) -> int:
+    have = set(space.view(kind)["hash"].to_pylist())
+    content = dataset.images if kind == "images" else dataset.texts
+    return sum(h in have for h in content["hash"].to_pylist())
+
+
+def _encode(client: Client, store: Store, space: SpaceEmbeddings, pretrained: str | None,
+            cluster: ClusterConfig, options: ExtractOptions) -> list[ShardResult]:
+    """Run every planned shard that has not committed."""
+    plans = {kind: pending_work(space, kind) for kind in ("images", "texts")}
+    tasks = [ShardTask(store.location, space.key, kind, shard, rows, pretrained, options.device,
+                       options.batch_size, cluster.torch_threads())
+             for kind in ("images", "texts") for shard, rows in plans[kind]]
+    results: list[ShardResult] = []
+    total = sum(t.rows.num_rows for t in tasks)
+    with tqdm(total=total, desc="encoding", unit="row", disable=not options.progress or not tasks) as bar:
+        futures = client.map(run_shard, tasks, pure=False)
+        try:
+            for future in as_completed(futures):
+                try:
+                    result = future.result()
+                except Exception as exc:  # the worker's exception, re-raised here
+                    raise ShardFailedError(
+                        f"encoding failed ({type(exc).__name__}: {exc}); committed shards are kept, rerun to resume"
+                    ) from exc
+                results.append(result)
+                bar.update(result.rows)
+        finally:
+            client.cancel(futures)
+    return results

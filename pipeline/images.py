@@ -1,0 +1,102 @@
+"""Reading image bytes, hashing them, and decoding them the same way everywhere.
+
+Bad images never stop a run: a missing or unreadable file, an undecodable or truncated one, or one
+over the pixel limit becomes an error record. Grayscale, palette, CMYK and 16-bit images are
+converted to RGB; transparent ones are composited on white; EXIF orientation is applied."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass
+
+import fsspec
+import numpy as np
+from PIL import Image, ImageOps
+
+MAX_PIXELS = 200_000_000  # ~14k x 14k; beyond this a decode costs gigabytes of RAM
+# Part of each space's preprocessing spec: changing it changes the pixels an encoder sees.
+LOAD_POLICY = {"alpha": "white", "exif_transpose": True, "max_pixels": MAX_PIXELS}
+
+
+class ImageError(Exception):
+    def __init__(self, stage: str, message: str):
+        super().__init__(message)
+        self.stage = stage
+
+
+@dataclass(frozen=True)
+class Probe:
+    uri: str
+    hash: str | None = None
+    width: int = 0
+    height: int = 0
+    stage: str | None = None  # set, with message, when the image is unusable
+    message: str | None = None
+
+
+def read_bytes(uri: str) -> bytes:
+    try:
+        with fsspec.open(uri, "rb") as f:
+            return f.read()
+    except (OSError, ValueError) as exc:
+        raise ImageError("read", f"{type(exc).__name__}: {getattr(exc, 'strerror', None) or exc}") from None
+
+
+def probe(uri: str) -> Probe:
+    """Hash an image's bytes and read its size from the header, without decoding the pixels."""
+    try:
+        data = read_bytes(uri)
+        digest = hashlib.sha256(data).hexdigest()
+        with _open(data) as image:
+            width, height = image.size
+        return Probe(uri, digest, width, height)
+    except ImageError as exc:
+        return Probe(uri, stage=exc.stage, message=str(exc))
+
+
+def probe_many(uris: list[str]) -> list[Probe]:
+    """One Dask task's worth of probes; lives here so workers need not import torch to run it."""
+    return [probe(uri) for uri in uris]
+
+
+def decode(data: bytes, size: int) -> Image.Image:
+    """Decode to an RGB image, using JPEG draft mode so huge JPEGs decode at a fraction of their size."""
+    try:
+        with _open(data) as image:
+            if image.format == "JPEG":
+                image.draft("RGB", (size, size))  # keeps at least `size` on the short side
+            image = ImageOps.exif_transpose(image)
+            return _to_rgb(image)
+    except ImageError:
+        raise
+    except (OSError, ValueError, SyntaxError) as exc:  # PIL's errors for truncated and corrupt data
+        raise ImageError("decode", f"{type(exc).__name__}: {exc}") from None
+
+
+def _open(data: bytes) -> Image.Image:
+    try:
+        with warnings.catch_warnings():
+            # Our own limit applies below; PIL's warning would otherwise fire (and fail strict runs).
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise ImageError("decode", f"image too large: {exc}") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ImageError("decode", f"{type(exc).__name__}: {exc}") from None
+    if image.width * image.height > MAX_PIXELS:
+        raise ImageError("decode", f"image too large: {image.width}x{image.height} exceeds {MAX_PIXELS} pixels")
+    return image
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # 16-bit or float grayscale
+        array = np.asarray(image, dtype=np.float32)
+        top = 65535.0 if image.mode.startswith("I;16") else max(float(array.max()), 255.0)
+        image = Image.fromarray(np.clip(array * (255.0 / top), 0, 255).astype(np.uint8))
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    return image.convert("RGB")

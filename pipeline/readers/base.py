@@ -1,0 +1,78 @@
+"""What every reader returns: a source normalised into items that name their images by URI and
+their captions by text. Hashing and dedup happen later, once, for every format."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from cache_schemas import InvalidSourceError
+
+Box = tuple[float, float, float, float]
+
+
+@dataclass(frozen=True)
+class RawItem:
+    item_id: str
+    image: str  # a local path or fsspec URL
+    caption: str
+    negative_captions: tuple[str, ...] = ()
+    negative_images: tuple[str, ...] = ()
+    subset: str = "default"
+    type: str | None = None
+    subtype: str | None = None
+    split: str = "test"
+
+
+@dataclass
+class RawDataset:
+    items: list[RawItem] = field(default_factory=list)
+    extra_images: list[str] = field(default_factory=list)  # images no item names (an uncaptioned folder)
+    boxes: dict[str, list[Box]] = field(default_factory=dict)  # by image URI
+    segments: dict[str, list[str]] = field(default_factory=dict)  # by caption text
+
+    def image_uris(self) -> list[str]:
+        """Every image the dataset names, once each, in first-mention order."""
+        seen: dict[str, None] = {}
+        for item in self.items:
+            seen.setdefault(item.image, None)
+            for uri in item.negative_images:
+                seen.setdefault(uri, None)
+        for uri in self.extra_images:
+            seen.setdefault(uri, None)
+        return list(seen)
+
+    def texts(self) -> list[str]:
+        """Every caption, negative caption and caption segment, once each, in first-mention order."""
+        seen: dict[str, None] = {}
+        for item in self.items:
+            for text in (item.caption, *item.negative_captions):
+                seen.setdefault(text, None)
+                for segment in self.segments.get(text, ()):
+                    seen.setdefault(segment, None)
+        return list(seen)
+
+
+def resolve(path: str, root: str | None) -> str:
+    """An image reference made absolute against `root` (or left alone when it is already a URL/absolute)."""
+    if "://" in path or os.path.isabs(path) or root is None:
+        return path
+    return os.path.join(root, path) if "://" in root else os.path.abspath(os.path.join(root, path))
+
+
+def require_columns(columns: Sequence[str], needed: Sequence[str], source: str) -> None:
+    missing = [c for c in needed if c not in columns]
+    if missing:
+        raise InvalidSourceError(f"{source} lacks column(s) {missing}; it has {list(columns)}")
+
+
+def as_text_list(value: object, where: str) -> tuple[str, ...]:
+    """A field that holds one text, a list of texts, or nothing."""
+    if value is None or value == "":
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return tuple(v for v in value if v)
+    raise InvalidSourceError(f"{where}: expected a text or a list of texts, got {type(value).__name__}")

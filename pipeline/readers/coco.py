@@ -1,0 +1,41 @@
+"""COCO captions JSON: {"images": [{"id", "file_name"}], "annotations": [{"image_id", "caption"}]}.
+One item per caption (five per image in COCO), no negatives; good for retrieval and training."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from cache_schemas import InvalidSourceError
+
+from .base import RawDataset, RawItem, resolve
+
+
+def read(source: str, images_root: str | None, split: str | None) -> RawDataset:
+    if not os.path.isfile(source):
+        raise InvalidSourceError(f"coco source {source} is not a file")
+    try:
+        with open(source, encoding="utf-8") as f:
+            data = json.load(f)
+        files = {img["id"]: img["file_name"] for img in data["images"]}
+        annotations = data["annotations"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+        raise InvalidSourceError(f"{source} is not a COCO captions file ({type(exc).__name__}: {exc})") from None
+    root = images_root or os.path.dirname(os.path.abspath(source))
+    split = split or _split_from_name(source)
+    dataset = RawDataset()
+    for i, ann in enumerate(annotations):
+        if ann.get("image_id") not in files or not isinstance(ann.get("caption"), str):
+            raise InvalidSourceError(f"{source} annotation {i}: unknown image_id or missing caption")
+        dataset.items.append(RawItem(
+            item_id=str(ann.get("id", i)),
+            image=resolve(files[ann["image_id"]], root),
+            caption=ann["caption"].strip(),
+            split=split,
+        ))
+    return dataset
+
+
+def _split_from_name(source: str) -> str:
+    stem = os.path.basename(source).lower()
+    return next((s for s in ("train", "val", "test") if s in stem), "train")

@@ -1,0 +1,53 @@
+"""SugarCrepe: a folder of JSON files (add_att.json, swap_obj.json, ...), each
+{"0": {"filename": ..., "caption": ..., "negative_caption": ...}, ...}. The subset is the file's
+stem; type and subtype come from it (swap_att -> swap, att). Images are found under --images-root
+(the COCO val2017 folder)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from cache_schemas import InvalidSourceError
+
+from .base import RawDataset, RawItem, resolve
+
+SUBSETS = ("add_att", "add_obj", "replace_att", "replace_obj", "replace_rel", "swap_att", "swap_obj")
+
+
+def read(source: str, images_root: str | None, split: str | None) -> RawDataset:
+    if not os.path.isdir(source):
+        raise InvalidSourceError(f"sugarcrepe source {source} must be a folder of JSON files such as swap_att.json")
+    files = sorted(f for f in os.listdir(source) if f.endswith(".json"))
+    if not files:
+        raise InvalidSourceError(f"no .json files in {source}")
+    root = images_root or source
+    dataset = RawDataset()
+    for name in files:
+        subset = name[: -len(".json")]
+        for key, entry in _entries(os.path.join(source, name)):
+            if not all(isinstance(entry.get(f), str) for f in ("filename", "caption", "negative_caption")):
+                raise InvalidSourceError(f"{name} entry {key}: needs filename, caption and negative_caption texts")
+            kind, _, sub = subset.partition("_")
+            dataset.items.append(RawItem(
+                item_id=f"{subset}/{key}",
+                image=resolve(entry["filename"], root),
+                caption=entry["caption"],
+                negative_captions=(entry["negative_caption"],),
+                subset=subset,
+                type=kind or None,
+                subtype=sub or None,
+                split=split or "test",
+            ))
+    return dataset
+
+
+def _entries(path: str) -> list[tuple[str, dict]]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidSourceError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise InvalidSourceError(f"{path} must be an object of entries keyed \"0\", \"1\", ...")
+    return sorted(data.items(), key=lambda kv: (len(kv[0]), kv[0]))

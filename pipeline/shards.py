@@ -1,0 +1,168 @@
+"""Worker side: encode one planned shard, write its arrays, then commit it.
+
+A shard is written whole, in one Zarr write per array, and becomes visible only when its commit
+record lands, so a worker killed mid-shard leaves nothing a reader can see."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from cache_schemas import Location, SpaceEmbeddings, checksum
+from cache_schemas.layout import Kind
+
+from .encoder import Encoder
+from .images import ImageError, decode, read_bytes
+
+DECODE_THREADS = 4  # PIL releases the GIL while decoding, so threads overlap decode with encoding
+_ENCODERS: dict[tuple, Encoder] = {}
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    location: Location
+    space_key: str
+    kind: Kind
+    shard: int
+    rows: pa.Table  # the shard's planned rows, sorted by row
+    pretrained: str | None
+    device: str = "auto"
+    batch_size: int = 64
+    torch_threads: int | None = None
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    kind: Kind
+    shard: int
+    rows: int
+    failed: int
+    seconds: float
+
+
+def run_shard(task: ShardTask) -> ShardResult:
+    started = time.perf_counter()
+    space = SpaceEmbeddings.open(task.location, task.space_key, writable=True)
+    encoder = _encoder(space, task)
+    encode = _encode_images if task.kind == "images" else _encode_texts
+    failed = encode(space, encoder, task)
+    return ShardResult(task.kind, task.shard, task.rows.num_rows, failed, time.perf_counter() - started)
+
+
+def _encoder(space: SpaceEmbeddings, task: ShardTask) -> Encoder:
+    """One encoder per worker process, loaded on first use and kept for every later shard."""
+    device = _device(task.device)
+    key = (space.key, task.pretrained, device)
+    if key not in _ENCODERS:
+        _ENCODERS.clear()  # frees the previous model's memory before loading another
+        if task.torch_threads:
+            torch.set_num_threads(task.torch_threads)
+        _ENCODERS[key] = Encoder(space.spec, task.pretrained, device)
+    return _ENCODERS[key]
+
+
+def _device(requested: str) -> str:
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and torch.cuda.device_count() > 1:
+        return f"cuda:{_worker_index() % torch.cuda.device_count()}"  # one GPU per local worker
+    return requested
+
+
+def _worker_index() -> int:
+    try:
+        from distributed import get_worker
+
+        name = get_worker().name
+        return name if isinstance(name, int) else int(hashlib.sha1(str(name).encode()).hexdigest(), 16)
+    except (ImportError, ValueError):
+        return 0
+
+
+# -- images ---------------------------------------------------------------------------------------
+
+def _encode_images(space: SpaceEmbeddings, encoder: Encoder, task: ShardTask) -> int:
+    rows, n = task.rows, task.rows.num_rows
+    start = int(rows["row"][0].as_py())
+    out = {name: np.zeros((n, *space.layouts[name].row_shape), space.spec.dtype) for name in space.arrays("images")}
+    errors: list[str | None] = [None] * n
+    with ThreadPoolExecutor(DECODE_THREADS) as pool:
+        for index, loaded in _prefetched(pool, encoder, rows, task.batch_size):
+            for i, x in zip(index, loaded):
+                if isinstance(x, ImageError):
+                    errors[i] = f"{x.stage}: {x}"
+            decoded = [(i, x) for i, x in zip(index, loaded) if isinstance(x, torch.Tensor)]
+            if decoded:
+                good, pixels = zip(*decoded)
+                batch = torch.stack(pixels)
+                if encoder.device.type == "cuda":
+                    batch = batch.pin_memory()
+                for name, value in encoder.encode_images(batch).items():
+                    out[name][list(good)] = value
+    checksums = {}
+    for name, block in out.items():
+        space.array(name)[start:start + n] = block
+        checksums[name] = checksum(block)
+    space.commit("images", task.shard, rows.append_column("error", pa.array(errors, pa.string())), checksums)
+    return sum(e is not None for e in errors)
+
+
+def _prefetched(pool: ThreadPoolExecutor, encoder: Encoder, rows: pa.Table, batch_size: int
+                ) -> Iterator[tuple[list[int], list[torch.Tensor | ImageError]]]:
+    """Decoded batches in order, the next batch decoding while the caller encodes this one."""
+    uris, hashes = rows["uri"].to_pylist(), rows["hash"].to_pylist()
+    batches = [list(range(i, min(i + batch_size, len(uris)))) for i in range(0, len(uris), batch_size)]
+    queue: deque[tuple[list[int], list[Future]]] = deque()
+    for index in batches:
+        queue.append((index, [pool.submit(_load, encoder, uris[i], hashes[i]) for i in index]))
+        if len(queue) > 1:
+            ready, futures = queue.popleft()
+            yield ready, [f.result() for f in futures]
+    while queue:
+        ready, futures = queue.popleft()
+        yield ready, [f.result() for f in futures]
+
+
+def _load(encoder: Encoder, uri: str, expected_hash: str) -> torch.Tensor | ImageError:
+    try:
+        data = read_bytes(uri)
+        if hashlib.sha256(data).hexdigest() != expected_hash:
+            raise ImageError("read", "file changed since it was hashed; rerun extract to pick up the new content")
+        return encoder.preprocess(decode(data, encoder.image_size))
+    except ImageError as exc:
+        return exc
+
+
+# -- texts ----------------------------------------------------------------------------------------
+
+def _encode_texts(space: SpaceEmbeddings, encoder: Encoder, task: ShardTask) -> int:
+    rows, n = task.rows, task.rows.num_rows
+    start = int(rows["row"][0].as_py())
+    base = space.token_base(task.shard)
+    offsets = rows["offset"].to_numpy() - base
+    ids, n_tokens = encoder.tokenize(rows["text"].to_pylist())
+    if not np.array_equal(n_tokens, rows["n_tokens"].to_numpy()):
+        raise RuntimeError(f"text shard {task.shard}: the worker's tokenizer disagrees with the plan's token counts")
+    tokens = np.zeros((int(n_tokens.sum()), space.spec.text_token_dim), space.spec.dtype)
+    pooled = np.zeros((n, space.spec.dims["embed_dim"]), space.spec.dtype)
+    # Batches of similar length: a causal tower then computes almost no padding.
+    order = np.argsort(n_tokens, kind="stable")
+    for chunk in np.array_split(order, max(1, -(-n // task.batch_size))):
+        per_text, pooled[chunk] = encoder.encode_texts(ids[chunk], n_tokens[chunk])
+        for i, t in zip(chunk, per_text):
+            tokens[offsets[i]:offsets[i] + len(t)] = t
+    space.array("text_tokens")[base:base + len(tokens)] = tokens
+    space.array("text_global")[start:start + n] = pooled
+    checksums = {"text_tokens": checksum(tokens), "text_global": checksum(pooled)}
+    part = rows.append_column("error", pa.nulls(n, pa.string()))
+    space.commit("texts", task.shard, part, checksums, token_rows=(base, base + len(tokens)))
+    return 0

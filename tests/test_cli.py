@@ -1,0 +1,107 @@
+"""The `vlcache` command as users run it: one-line errors, exit codes, and the cache commands."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from workflows.cli import main
+
+from .conftest import run_extract
+
+
+@pytest.fixture(scope="module")
+def store(small_sugarcrepe, tmp_path_factory):
+    annotations, images = small_sugarcrepe
+    path = tmp_path_factory.mktemp("cli") / "store"
+    run_extract(annotations, "sugarcrepe", "sc", path, images_root=images)
+    return path
+
+
+def _extract_args(source, store, **overrides):
+    options = {"--format": "sugarcrepe", "--dataset": "sc", "--model": "vlcache-tiny", "--store": str(store)}
+    options.update(overrides)
+    return ["extract", str(source), *[x for kv in options.items() for x in kv], "--quiet"]
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("missing source", "Path 'no/such/folder' does not exist"),
+    ("unknown format", "'sugarcreep' is not one of"),
+    ("unknown model", "unknown model 'ViT-B-99'; did you mean"),
+    ("unknown tag", "is neither a file nor a tag of ViT-B-32"),
+    ("unwritable store", "cannot write the store at /proc/vlcache-store"),
+    ("bad source content", "must be an object of entries"),
+])
+def test_bad_input_gives_one_line_and_exit_2(case, expected, small_sugarcrepe, tmp_path, capfd):
+    annotations, _ = small_sugarcrepe
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "swap_att.json").write_text("[1, 2]")
+    args = {
+        "missing source": _extract_args("no/such/folder", tmp_path / "s"),
+        "unknown format": _extract_args(annotations, tmp_path / "s", **{"--format": "sugarcreep"}),
+        "unknown model": _extract_args(annotations, tmp_path / "s", **{"--model": "ViT-B-99"}),
+        "unknown tag": _extract_args(annotations, tmp_path / "s", **{"--model": "ViT-B-32", "--pretrained": "nope"}),
+        "unwritable store": _extract_args(annotations, "/proc/vlcache-store"),
+        "bad source content": _extract_args(broken, tmp_path / "s"),
+    }[case]
+    assert main(args) == 2
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and expected in err, err
+    assert not os.path.exists(tmp_path / "s"), "nothing is written for a refused command"
+
+
+def test_the_installed_command_prints_no_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "workflows.cli", "cache", "info", str(tmp_path / "nothing")],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr == f"error: no vlcache store at {tmp_path / 'nothing'} (vlcache.json is missing)\n"
+
+
+def test_info_ls_and_verify_on_a_good_store(store, capsys):
+    assert main(["cache", "info", str(store)]) == 0
+    out = capsys.readouterr().out
+    assert "28 items" in out and "sc: " in out and "vlcache-tiny [random:0]" in out
+    assert main(["cache", "ls", str(store)]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "dataset sc\t28 items"
+    assert main(["cache", "ls", str(store.parent)]) == 0
+    assert capsys.readouterr().out.strip() == f"store {store}"
+    assert main(["cache", "verify", str(store)]) == 0
+    assert capsys.readouterr().out.startswith("ok: checked")
+
+
+def test_verify_finds_a_corrupted_shard(store, tmp_path, capsys):
+    damaged = tmp_path / "damaged"
+    subprocess.run(["cp", "-r", str(store), str(damaged)], check=True)
+    (shard,) = glob.glob(str(damaged / "spaces/*/embeddings.zarr/image_global/c/0/0"))
+    with open(shard, "r+b") as f:
+        data = bytearray(f.read())
+        data[len(data) // 2] ^= 0xFF
+        f.seek(0)
+        f.write(data)
+    assert main(["cache", "verify", str(damaged)]) == 1
+    captured = capsys.readouterr()
+    assert "images shard 0: image_global" in captured.err and captured.out.startswith("1 problems")
+
+
+def test_verify_finds_a_missing_shard(store, tmp_path, capsys):
+    damaged = tmp_path / "damaged"
+    subprocess.run(["cp", "-r", str(store), str(damaged)], check=True)
+    for path in glob.glob(str(damaged / "spaces/*/embeddings.zarr/text_tokens/c/1/*")):
+        os.remove(path)
+    assert main(["cache", "verify", str(damaged)]) == 1
+    assert "texts shard 1: text_tokens does not match its checksum" in capsys.readouterr().err
+
+
+def test_a_store_from_an_unknown_major_version_is_refused(store, tmp_path, capfd):
+    future = tmp_path / "future"
+    subprocess.run(["cp", "-r", str(store), str(future)], check=True)
+    manifest = json.loads((future / "vlcache.json").read_text())
+    (future / "vlcache.json").write_text(json.dumps({**manifest, "schema_version": "2.0"}))
+    assert main(["cache", "info", str(future)]) == 2
+    assert "store schema version 2.0 is not readable by this vlcache (reads 1.x)" in capfd.readouterr().err
+    (future / "vlcache.json").write_text(json.dumps({**manifest, "schema_version": "1.7"}))
+    assert main(["cache", "info", str(future)]) == 0  # a newer minor version only adds what old readers ignore

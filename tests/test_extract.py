@@ -1,0 +1,143 @@
+"""Extraction end to end through a real Dask scheduler and a real Zarr store on disk."""
+
+import json
+import os
+
+import numpy as np
+import pyarrow.compute as pc
+import pytest
+import torch
+
+from cache_schemas import open_store, verify
+from pipeline.encoder import Encoder
+from pipeline.images import decode, read_bytes
+from workflows.cli import main
+from workflows.examples import SUGARCREPE_SIZES, write_sugarcrepe_example
+
+from .conftest import run_extract
+
+
+@pytest.fixture(scope="module")
+def full_sugarcrepe(tmp_path_factory):
+    """All 7 subsets at the real benchmark's sizes (7,511 items), sharing 900 images."""
+    root = tmp_path_factory.mktemp("sugarcrepe-full")
+    annotations, images = write_sugarcrepe_example(str(root), sizes=SUGARCREPE_SIZES, n_images=900, image_size=32)
+    store = root / "store"
+    summary = run_extract(annotations, "sugarcrepe", "sugarcrepe", store, rows_per_shard=256, batch_size=128,
+                          images_root=images)
+    return annotations, images, store, summary
+
+
+def _load(path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def test_full_sugarcrepe_stores_each_unique_image_and_caption_once(full_sugarcrepe, capsys):
+    annotations, _, store, summary = full_sugarcrepe
+    entries = {f: _load(os.path.join(annotations, f)) for f in os.listdir(annotations)}
+    unique_files = {e["filename"] for subset in entries.values() for e in subset.values()}
+    unique_texts = {e[k] for subset in entries.values() for e in subset.values() for k in ("caption", "negative_caption")}
+    assert sum(len(s) for s in entries.values()) == 7511
+
+    assert main(["cache", "info", str(store), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    (space,) = info["spaces"].values()
+    assert info["unique"] == {"items": 7511, "images": len(unique_files), "texts": len(unique_texts)}
+    assert (space["images"], space["texts"]) == (len(unique_files), len(unique_texts))
+    assert space["datasets"]["sugarcrepe"] == {"images": len(unique_files), "texts": len(unique_texts)}
+    assert (summary.images_encoded, summary.texts_encoded) == (len(unique_files), len(unique_texts))
+    assert sorted(info["datasets"]["sugarcrepe"]["subsets"]) == sorted(SUGARCREPE_SIZES)
+
+
+def test_items_reference_their_own_image_and_captions(full_sugarcrepe):
+    annotations, images, store, _ = full_sugarcrepe
+    dataset = open_store(store).dataset("sugarcrepe")
+    space = open_store(store).space("vlcache-tiny")
+    uri_of = dict(zip(dataset.images["hash"].to_pylist(), dataset.images["uri"].to_pylist()))
+    text_of = dict(zip(space.texts()["hash"].to_pylist(), space.texts()["text"].to_pylist()))
+    items = {row["item_id"]: row for row in dataset.items.to_pylist()}
+    for subset in ("swap_att", "add_obj"):
+        source = _load(os.path.join(annotations, f"{subset}.json"))
+        for key, entry in list(source.items())[:50]:
+            item = items[f"{subset}/{key}"]
+            assert os.path.basename(uri_of[item["image"]]) == entry["filename"]
+            assert text_of[item["caption"]] == entry["caption"]
+            assert [text_of[h] for h in item["negative_captions"]] == [entry["negative_caption"]]
+            assert (item["subset"], item["type"], item["subtype"]) == (subset, *subset.split("_"))
+
+
+def test_stored_embeddings_equal_a_direct_encoder_pass(full_sugarcrepe):
+    _, _, store, _ = full_sugarcrepe
+    space = open_store(store).space("vlcache-tiny")
+    images, texts = space.images().slice(0, 5), space.texts().slice(0, 5)
+    encoder = Encoder(space.spec, None)
+    pixels = torch.stack([encoder.preprocess(decode(read_bytes(u), 64)) for u in images["uri"].to_pylist()])
+    direct = encoder.encode_images(pixels)
+    for name in ("image_patches", "image_cls", "image_global"):
+        np.testing.assert_allclose(space.read(name, images["row"].to_numpy()), direct[name], atol=2e-3)
+    ids, n = encoder.tokenize(texts["text"].to_pylist())
+    tokens, pooled = encoder.encode_texts(ids, n)
+    stored, mask = space.read_tokens_padded(texts["row"].to_numpy())
+    np.testing.assert_array_equal(mask.sum(1), n)
+    for i, t in enumerate(tokens):
+        np.testing.assert_allclose(stored[i, : len(t)], t, atol=2e-3)
+    np.testing.assert_allclose(space.read("text_global", texts["row"].to_numpy()), pooled, atol=2e-3)
+
+
+def test_text_tokens_are_ragged_not_padded(full_sugarcrepe):
+    _, _, store, _ = full_sugarcrepe
+    space = open_store(store).space("vlcache-tiny")
+    texts = space.texts()
+    real_tokens = int(pc.sum(texts["n_tokens"]).as_py())
+    dim, context = space.spec.text_token_dim, space.spec.context_length
+    # Each shard's token rows are exactly its texts' real tokens, back to back.
+    for shard in space.committed_shards("texts"):
+        part, meta = space.part("texts", shard)
+        start, stop = meta["token_rows"]
+        assert stop - start == int(pc.sum(part["n_tokens"]).as_py())
+        assert part["offset"].to_pylist()[0] == start
+    # Bytes on disk track real tokens (zstd may shrink repeated causal prefixes further), far below padding.
+    stored = space.nbytes_stored()["text_tokens"]
+    assert stored < 1.1 * real_tokens * dim * 2
+    assert stored < 0.25 * texts.num_rows * context * dim * 2
+
+
+def test_extracting_again_encodes_nothing(small_sugarcrepe, tmp_path):
+    annotations, images = small_sugarcrepe
+    first = run_extract(annotations, "sugarcrepe", "sc", tmp_path / "store", images_root=images)
+    again = run_extract(annotations, "sugarcrepe", "sc", tmp_path / "store", images_root=images)
+    assert first.images_encoded == first.images > 0 and first.texts_encoded == first.texts > 0
+    assert (again.images_encoded, again.texts_encoded, again.shards_run) == (0, 0, 0)
+    assert (again.images_present, again.texts_present) == (first.images, first.texts)
+
+
+def test_a_second_dataset_encodes_only_new_content(tmp_path):
+    _, images = write_sugarcrepe_example(str(tmp_path / "src"), sizes={"swap_att": 1}, n_images=10)
+    rows = [{"image": f"{i:06d}.png", "caption": f"picture number {i}"} for i in range(10)]
+    first, second = rows[:6], rows[3:]  # three images and texts shared
+    for name, part in (("first", first), ("second", second)):
+        with open(tmp_path / f"{name}.jsonl", "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in part)
+    store = tmp_path / "store"
+    run_extract(tmp_path / "first.jsonl", "jsonl", "first", store, images_root=images)
+    summary = run_extract(tmp_path / "second.jsonl", "jsonl", "second", store, images_root=images)
+    assert (summary.images, summary.images_present, summary.images_encoded) == (7, 3, 4)
+    assert (summary.texts, summary.texts_present, summary.texts_encoded) == (7, 3, 4)
+    space = open_store(store).space("vlcache-tiny")
+    assert space.images().num_rows == 10 and space.texts().num_rows == 10
+    assert verify(open_store(store)).ok
+
+
+def test_new_content_never_shares_a_zarr_shard_with_committed_rows(tmp_path, small_sugarcrepe):
+    annotations, images = small_sugarcrepe
+    store = tmp_path / "store"
+    run_extract(annotations, "sugarcrepe", "a", store, rows_per_shard=8, images_root=images)
+    rows = [{"image": os.path.join(images, "000000.png"), "caption": "a caption never seen before"}]
+    with open(tmp_path / "b.jsonl", "w") as f:
+        f.write(json.dumps(rows[0]) + "\n")
+    run_extract(tmp_path / "b.jsonl", "jsonl", "b", store)
+    texts = open_store(store).space("vlcache-tiny").texts()
+    new_row = texts.filter(pc.equal(texts["text"], "a caption never seen before"))["row"][0].as_py()
+    older = texts.filter(pc.not_equal(texts["text"], "a caption never seen before"))["row"].to_numpy()
+    assert new_row % 8 == 0 and new_row > older.max()

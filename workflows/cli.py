@@ -1,0 +1,173 @@
+"""The `vlcache` command. Thin: each command parses options and calls a library function.
+
+User mistakes print one line ("error: ...") and exit 2; `cache verify` exits 1 on a damaged store;
+Ctrl-C exits 130 and keeps every committed shard."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import click
+
+from cache_schemas import VlcacheError
+
+FORMATS = ("folder", "csv", "jsonl", "parquet", "sugarcrepe", "bivlc", "coco")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def cli() -> None:
+    """vlcache: extract frozen vision-language embeddings once, reuse them everywhere."""
+
+
+@cli.command()
+@click.argument("source", type=click.Path(exists=True))
+@click.option("--format", "fmt", type=click.Choice(FORMATS), required=True, help="How to read SOURCE.")
+@click.option("--dataset", required=True, help="Name of the dataset in the store.")
+@click.option("--model", required=True, help="open_clip model name, e.g. ViT-B-32 or vlcache-tiny.")
+@click.option("--pretrained", default=None, help="Pretrained tag (e.g. openai) or local checkpoint path; random init if omitted.")
+@click.option("--store", "store_uri", required=True, help="Store path or fsspec URL (s3://bucket/store).")
+@click.option("--images-root", type=click.Path(file_okay=False), default=None, help="Folder that relative image paths are under.")
+@click.option("--split", default=None, help="Split for items whose source names none.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Local Dask workers (one per GPU).")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="Threads per local worker.")
+@click.option("--scheduler-address", default=None, help="Use an existing Dask scheduler instead of a local cluster.")
+@click.option("--slurm-jobs", type=click.IntRange(min=0), default=0, help="Start this many SLURM jobs (dask-jobqueue).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--rows-per-shard", type=click.IntRange(min=1), default=1024, show_default=True,
+              help="Rows per shard: the unit of work, commit and resume (fixed when a space is created).")
+@click.option("--tokens", default="patches,cls", show_default=True, help="Image tokens to store: patches, cls, values.")
+@click.option("--layer", type=int, default=-1, show_default=True, help="Block whose tokens are stored (-1 = last).")
+@click.option("--projected/--raw", default=False, show_default=True, help="Project tokens into the joint space.")
+@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
+@click.option("--retry-failed", is_flag=True, help="Try images that failed in an earlier run again.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def extract(source, fmt, dataset, model, pretrained, store_uri, images_root, split, workers, threads,
+            scheduler_address, slurm_jobs, batch_size, device, rows_per_shard, tokens, layer, projected,
+            dtype, retry_failed, as_json, quiet) -> None:
+    """Encode SOURCE's unique images and texts into the store, once per encoder."""
+    from pipeline.cluster import ClusterConfig
+    from pipeline.encoder import EncoderRequest
+    from pipeline.extract import ExtractOptions, extract as run_extract
+
+    request = EncoderRequest(model, pretrained, tuple(t.strip() for t in tokens.split(",") if t.strip()),
+                             layer, projected, dtype)
+    summary = run_extract(
+        source, fmt, dataset, request, store_uri, images_root=images_root, split=split,
+        cluster=ClusterConfig(scheduler_address, slurm_jobs, workers, threads),
+        options=ExtractOptions(batch_size, device, rows_per_shard, retry_failed, progress=not quiet),
+    )
+    click.echo(json.dumps(summary.to_json(), indent=2) if as_json else "\n".join(summary.lines()))
+
+
+@cli.command()
+@click.option("--out", type=click.Path(file_okay=False), default="runs/demo", show_default=True)
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def demo(out: str, quiet: bool) -> None:
+    """Run the end-to-end demo on its embedded default data."""
+    from workflows.demo import run_demo
+
+    run_demo(out, progress=not quiet)
+
+
+@cli.group()
+def cache() -> None:
+    """Inspect and check stores."""
+
+
+@cache.command("ls")
+@click.argument("uri")
+def cache_ls(uri: str) -> None:
+    """List a store's datasets and spaces, or the stores in a folder."""
+    from cache_schemas import StoreNotFoundError, open_store
+
+    try:
+        store = open_store(uri)
+    except StoreNotFoundError:
+        stores = [d for d in sorted(os.listdir(uri)) if os.path.isfile(os.path.join(uri, d, "vlcache.json"))] \
+            if os.path.isdir(uri) else []
+        if not stores:
+            raise
+        click.echo("\n".join(f"store {os.path.join(uri, d)}" for d in stores))
+        return
+    for name in store.dataset_names():
+        click.echo(f"dataset {name}\t{store.dataset(name).manifest['counts']['items']} items")
+    for key in store.space_keys():
+        click.echo(f"space {key}\t{store.space(key).spec.describe()}")
+
+
+@cache.command("info")
+@click.argument("uri")
+@click.option("--json", "as_json", is_flag=True)
+def cache_info(uri: str, as_json: bool) -> None:
+    """Datasets, spaces, counts of unique images, texts and items, and bytes."""
+    from cache_schemas import open_store
+    from cache_schemas.info import describe_store
+
+    info = describe_store(open_store(uri))
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    unique = info["unique"]
+    click.echo(f"store {info['store']} (schema {info['schema_version']}): {unique['items']} items, "
+               f"{unique['images']} unique images, {unique['texts']} unique texts")
+    for name, d in info["datasets"].items():
+        click.echo(f"  dataset {name}: {d['items']} items, {d['images']} images, {d['texts']} texts, "
+                   f"{d['read_errors']} unreadable; subsets {', '.join(d['subsets'])}")
+    for key, s in info["spaces"].items():
+        click.echo(f"  space {key}: {s['description']}")
+        click.echo(f"    {s['images']} images, {s['texts']} texts, {s['failed']} failed, "
+                   f"{_mb(s['bytes']['total'])}; pending shards {s['pending_shards']}")
+        for name, c in s["datasets"].items():
+            click.echo(f"    {name}: {c['images']}/{info['datasets'][name]['images']} images, "
+                       f"{c['texts']}/{info['datasets'][name]['texts']} texts encoded")
+
+
+@cache.command("verify")
+@click.argument("uri")
+def cache_verify(uri: str) -> None:
+    """Check every committed shard against its checksums; exit 1 on any problem."""
+    from cache_schemas import open_store, verify
+
+    report = verify(open_store(uri))
+    checked = ", ".join(f"{n} {what}" for what, n in sorted(report.checked.items()))
+    for problem in report.problems:
+        click.echo(f"problem: {problem}", err=True)
+    click.echo(f"{'ok' if report.ok else f'{len(report.problems)} problems'}: checked {checked or 'nothing'}")
+    if not report.ok:
+        sys.exit(1)
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: runs the CLI and turns user errors into one line and an exit status."""
+    try:
+        cli.main(args=argv, prog_name="vlcache", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:  # bare `vlcache`: show the help, as click would
+        click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
+        return 0
+    except click.exceptions.UsageError as exc:
+        command = exc.ctx.command_path if exc.ctx else "vlcache"
+        click.echo(f"error: {exc.format_message()} (see {command} --help)", err=True)
+        return 2
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        click.echo("interrupted: committed shards are kept; rerun the same command to resume", err=True)
+        return 130
+    except VlcacheError as exc:
+        click.echo(f"error: {exc}", err=True)
+        return 2
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
