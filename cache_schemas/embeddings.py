@@ -199,6 +199,10 @@ class SpaceEmbeddings:
         unique, inverse = np.unique(rows, return_inverse=True)
         return self.array(name).oindex[unique][inverse] if rows.size else np.empty((0, *self.layouts[name].row_shape), self.spec.dtype)
 
+    def token_index(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per text row: the first text_tokens row of its tokens, and their count (0 for absent rows)."""
+        return self._token_index
+
     @cached_property
     def _token_index(self) -> tuple[np.ndarray, np.ndarray]:
         texts = self.view("texts")

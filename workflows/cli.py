@@ -63,6 +63,53 @@ def extract(source, fmt, dataset, model, pretrained, store_uri, images_root, spl
     click.echo(json.dumps(summary.to_json(), indent=2) if as_json else "\n".join(summary.lines()))
 
 
+HEADS = ("global", "maxsim", "global-mlp", "tflocal")
+
+
+@cli.command()
+@click.option("--store", "store_uri", required=True, help="Store path or fsspec URL.")
+@click.option("--dataset", required=True, help="Dataset to train on.")
+@click.option("--head", type=click.Choice(HEADS[1:]), required=True)
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder: logs, checkpoints, reports.")
+@click.option("--eval-dataset", "eval_datasets", multiple=True, help="Evaluate on this dataset too (repeatable).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help='JSON overriding the head\'s defaults: {"head": {...}, "train": {...}}.')
+@click.option("--space", "space_key", default=None, help="Embedding space key, when the store holds several.")
+@click.option("--split", default="train", show_default=True, help="Items of this split only ('' for all).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@click.option("--quiet", is_flag=True)
+def train(store_uri, dataset, head, out, eval_datasets, config_path, space_key, split, device, resume, quiet) -> None:
+    """Train an alignment head on cached tensors (no encoder runs)."""
+    from trainer.train import train as run_train
+
+    reports = run_train(store_uri, dataset, head, out, space_key=space_key, split=split or None,
+                        eval_datasets=eval_datasets, config_path=config_path, device=device, resume=resume,
+                        progress=not quiet)
+    click.echo(f"run in {out}: log.jsonl, checkpoints/" + (", eval/" if reports else ""))
+
+
+@cli.command("eval")
+@click.option("--store", "store_uri", required=True)
+@click.option("--dataset", required=True)
+@click.option("--head", type=click.Choice(HEADS), required=True)
+@click.option("--checkpoint", "run_dir", type=click.Path(file_okay=False), default=None,
+              help="Run folder of a trained head (required for global-mlp and tflocal).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Report folder.")
+@click.option("--space", "space_key", default=None)
+@click.option("--split", default="", help="Items of this split only (default: all).")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--retrieval-k", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Global top K a pairwise head re-ranks.")
+def evaluate(store_uri, dataset, head, run_dir, out, space_key, split, device, retrieval_k) -> None:
+    """Evaluate a head: accuracy, BiVLC-style scores, retrieval; writes report.json and report.md."""
+    from trainer.run import evaluate_head
+
+    report = evaluate_head(store_uri, dataset, head, out, run_dir=run_dir, space_key=space_key,
+                           split=split or None, device=device, retrieval_k=retrieval_k)
+    click.echo(open(os.path.join(out, "report.md")).read() if report else "")
+
+
 @cli.command()
 @click.option("--out", type=click.Path(file_okay=False), default="runs/demo", show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bars.")

@@ -44,9 +44,12 @@ class RawDataset:
         return list(seen)
 
     def texts(self) -> list[str]:
-        """Every caption, negative caption and caption segment, once each, in first-mention order."""
+        """Every caption, negative caption and caption segment, once each, ordered like the images
+        that name them: rows are assigned in this order, so a caption's tokens land near its image's
+        patches and a trainer reading chunk by chunk finds both in the chunks it holds."""
+        image_order = {uri: i for i, uri in enumerate(self.image_uris())}
         seen: dict[str, None] = {}
-        for item in self.items:
+        for item in sorted(self.items, key=lambda it: image_order[it.image]):
             for text in (item.caption, *item.negative_captions):
                 seen.setdefault(text, None)
                 for segment in self.segments.get(text, ()):

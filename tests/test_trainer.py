@@ -1,0 +1,209 @@
+"""The trainer reads only the store: streaming, heads, training, resuming, evaluation."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tracemalloc
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cache_schemas import open_store
+from pipeline.encoder import EncoderRequest
+from trainer.data import BatchLoader, Examples, LoaderState
+from trainer.evaluate import evaluate
+from trainer.heads import Dims, build_head
+from trainer.train import train
+from workflows.cli import main
+from workflows.examples import write_sugarcrepe_example
+
+from .conftest import run_extract
+
+TINY_TFLOCAL = {"head": {"width": 64, "layers": 2, "heads": 2, "dropout": 0.0},
+                "train": {"steps": 80, "batch_size": 32, "lr": 1e-3, "warmup_steps": 10,
+                          "eval_every": 1000, "checkpoint_every": 1000, "log_every": 5}}
+
+
+@pytest.fixture(scope="module")
+def swaps(tmp_path_factory):
+    """A store where word order matters: every negative swaps the two objects' colours."""
+    root = tmp_path_factory.mktemp("swaps")
+    for name, seed, n in (("train", 0, 640), ("test", 1, 160)):
+        annotations, images = write_sugarcrepe_example(str(root / name), sizes={"swap_att": n}, n_images=n,
+                                                       image_size=48, seed=seed)
+        run_extract(annotations, "sugarcrepe", name, root / "store", rows_per_shard=64, images_root=images,
+                    split="train" if name == "train" else "test")
+    config = root / "tflocal.json"
+    config.write_text(json.dumps(TINY_TFLOCAL))
+    return root / "store", config
+
+
+def _accuracy(report):
+    return report["caption_accuracy"]["by_subset"]["swap_att"]
+
+
+def test_trained_tflocal_beats_global_and_its_untrained_self(swaps, tmp_path):
+    store_path, config = swaps
+    reports = train(str(store_path), "train", "tflocal", str(tmp_path / "run"), eval_datasets=["test"],
+                    config_path=str(config), progress=False)
+    store = open_store(store_path)
+    space, test = store.space("vlcache-tiny"), store.dataset("test")
+    torch.manual_seed(0)
+    untrained = build_head("tflocal", Dims.of(space.spec), TINY_TFLOCAL["head"])
+    baseline = _accuracy(evaluate(space, test, build_head("global", Dims.of(space.spec))))
+    before = _accuracy(evaluate(space, test, untrained))
+    after = _accuracy(reports["test"])
+    assert after > max(baseline, before) + 0.2, (after, baseline, before)
+    assert os.path.exists(tmp_path / "run" / "eval" / "test" / "report.md")
+
+
+def test_training_and_evaluation_run_without_any_encoder(swaps, tmp_path):
+    store_path, config = swaps
+    blocked = ("import sys\n"
+               "for name in ('open_clip', 'pipeline', 'pipeline.encoder', 'torchvision'):\n"
+               "    sys.modules[name] = None  # importing any of them now fails\n"
+               "from workflows.cli import main\n"
+               "sys.exit(main(sys.argv[1:]))\n")
+    common = ["--store", str(store_path), "--dataset", "train"]
+    small = tmp_path / "small.json"
+    small.write_text(json.dumps({**TINY_TFLOCAL, "train": {**TINY_TFLOCAL["train"], "steps": 3}}))
+    for args in (["train", *common, "--head", "tflocal", "--out", str(tmp_path / "run"), "--config", str(small), "--quiet"],
+                 ["eval", *common, "--head", "tflocal", "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "r")],
+                 ["eval", *common, "--head", "maxsim", "--out", str(tmp_path / "m")]):
+        result = subprocess.run([sys.executable, "-c", blocked, *args], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+
+
+def test_streaming_memory_stays_within_the_shuffle_buffer(swaps):
+    store_path, _ = swaps
+    space = open_store(store_path).space("vlcache-tiny")
+    examples = Examples.from_dataset(space, open_store(store_path).dataset("train"))
+    loader = BatchLoader(space, examples, frozenset({"image.patches", "text.tokens"}), batch_size=8,
+                         shuffle_buffer=16, prefetch=0)
+    store_bytes = sum(space.array(n).nbytes for n in ("image_patches", "text_tokens"))  # uncompressed
+    assert loader.cache_capacity < store_bytes / 4  # the data read is much larger than the buffer
+    tracemalloc.start()
+    batches = _one_epoch(loader)
+    seen = [next(batches).examples for _ in range(3)]  # tables and indexes are read once, up front
+    start, _ = tracemalloc.get_traced_memory()
+    tracemalloc.reset_peak()
+    seen = np.concatenate(seen + [b.examples for b in batches])
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert loader.cache.bytes <= loader.cache_capacity
+    largest_chunk = loader.cache_capacity // loader.cache.chunks
+    # Reading the whole epoch costs the cache plus the chunk being decoded, whatever the store's size.
+    assert peak - start < loader.cache_capacity + 2 * largest_chunk
+    assert len(np.unique(seen)) == len(seen) == len(examples) - len(examples) % 8  # each item once per epoch
+    # Chunk-aware: each image chunk is read about once per epoch, not once per batch that needs it.
+    image_chunks = len(np.unique(examples.image // space.geometry.chunk_rows))
+    assert loader.cache.reads["image_patches"] <= 2 * image_chunks
+
+
+def _one_epoch(loader):
+    for batch in loader:
+        if batch.epoch > 0:
+            return
+        yield batch
+
+
+def test_the_order_is_a_function_of_seed_and_epoch_and_resumes_mid_epoch(swaps):
+    store_path, _ = swaps
+    space = open_store(store_path).space("vlcache-tiny")
+    examples = Examples.from_dataset(space, open_store(store_path).dataset("train"))
+    make = lambda seed, state=None: BatchLoader(space, examples, frozenset({"image.global", "text.global"}), 16,
+                                                shuffle_buffer=64, seed=seed, state=state or LoaderState())
+    a, b, c = make(0).epoch_order(0), make(0).epoch_order(0), make(1).epoch_order(0)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, c))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, make(0).epoch_order(1)))
+    straight = [batch.examples for _, batch in zip(range(12), make(0))]
+    resumed = [batch.examples for _, batch in zip(range(5), make(0, LoaderState(0, 7)))]
+    assert all(np.array_equal(x, y) for x, y in zip(straight[7:], resumed))
+
+
+def test_resuming_from_a_checkpoint_continues_the_same_run(swaps, tmp_path):
+    store_path, config = swaps
+    cfg = {**TINY_TFLOCAL, "train": {**TINY_TFLOCAL["train"], "steps": 20, "checkpoint_every": 10}}
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    full = tmp_path / "full"
+    train(str(store_path), "train", "tflocal", str(full), config_path=str(tmp_path / "cfg.json"), progress=False)
+    # An interrupted copy: only the step-10 checkpoint survives.
+    half = tmp_path / "half"
+    shutil.copytree(full, half)
+    shutil.rmtree(half / "checkpoints" / "step-0000020")
+    (half / "checkpoint.json").write_text(json.dumps({"latest": "checkpoints/step-0000010"}))
+    train(str(store_path), "train", "tflocal", str(half), resume=True, progress=False)
+    records = lambda run: [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]  # noqa: E731
+    steps = lambda run: {r["step"]: r for r in records(run) if "loss" in r and r["step"] > 10}  # noqa: E731
+    for step, expected in steps(full).items():
+        got = steps(half)[step]
+        assert got["batch_crc"] == expected["batch_crc"]  # the same items, in the same order
+        assert got["lr"] == expected["lr"] and got["loss"] == pytest.approx(expected["loss"], rel=1e-5)
+    a = load_file(full / "checkpoints" / "step-0000020" / "head.safetensors")
+    b = load_file(half / "checkpoints" / "step-0000020" / "head.safetensors")
+    for name in a:  # equal up to the float noise of multi-threaded CPU reductions
+        torch.testing.assert_close(a[name], b[name], rtol=1e-3, atol=1e-3)
+
+
+def test_heads_score_pairs_and_the_defaults_fit_the_research_size():
+    dims = Dims(patches=49, patch_dim=768, text_dim=512, embed_dim=512, context_length=77)
+    assert 10e6 <= build_head("tflocal", dims).n_parameters() <= 15e6
+    assert build_head("global", dims).n_parameters() == 0
+    images = {"patches": torch.randn(3, 49, 768), "global": torch.randn(3, 512)}
+    texts = {"tokens": torch.randn(4, 9, 512), "mask": torch.ones(4, 9, dtype=torch.bool), "global": torch.randn(4, 512)}
+    ii, ti = torch.tensor([0, 1, 2, 2]), torch.tensor([3, 2, 1, 0])
+    for name in ("global", "maxsim", "global-mlp", "tflocal"):
+        head = build_head(name, dims).eval()
+        with torch.no_grad():
+            scores = head.score(images, texts, ii, ti)
+            assert scores.shape == (4,) and torch.isfinite(scores).all(), name
+            single = head.score(images, texts, ii[2:3], ti[2:3])
+        torch.testing.assert_close(scores[2:3], single, rtol=1e-4, atol=1e-4)  # a pair's score ignores the others
+    cosine = torch.nn.functional.cosine_similarity(images["global"][ii], texts["global"][ti])
+    torch.testing.assert_close(build_head("global", dims).score(images, texts, ii, ti), cosine)
+
+
+def test_parameter_free_maxsim_is_the_mean_of_best_token_matches():
+    dims = Dims(patches=2, patch_dim=2, text_dim=2, embed_dim=2, context_length=4)
+    head = build_head("maxsim", dims, {"learnable": False})
+    images = {"patches": torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])}
+    texts = {"tokens": torch.tensor([[[1.0, 0.0], [1.0, 1.0], [5.0, 5.0]]]), "mask": torch.tensor([[True, True, False]])}
+    score = head.score(images, texts, torch.tensor([0]), torch.tensor([0]))
+    torch.testing.assert_close(score, torch.tensor([(1.0 + 2 ** -0.5) / 2]))  # the padded token is ignored
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("unknown dataset", "no dataset 'nope'"),
+    ("no negatives", "has no negative captions, and tflocal trains on hard negatives"),
+    ("other space", "checkpoint was trained on embedding space vlcache-tiny-"),
+    ("untrained head", "must be trained first: pass --checkpoint"),
+])
+def test_bad_input_is_refused_clearly(case, expected, swaps, tmp_path, capfd):
+    store_path, config = swaps
+    if case in ("no negatives", "other space"):
+        (tmp_path / "plain.jsonl").write_text("".join(
+            json.dumps({"image": p, "caption": f"image {i}"}) + "\n"
+            for i, p in enumerate(sorted(open_store(store_path).space("vlcache-tiny").images()["uri"].to_pylist())[:40])))
+    if case == "other space":  # the same content, extracted with another encoder spec
+        run_extract(tmp_path / "plain.jsonl", "jsonl", "plain", tmp_path / "other",
+                    request=EncoderRequest("vlcache-tiny", layer=0))
+        train(str(store_path), "train", "tflocal", str(tmp_path / "run"), config_path=str(config), progress=False)
+    if case == "no negatives":
+        run_extract(tmp_path / "plain.jsonl", "jsonl", "plain", tmp_path / "nonneg")
+    args = {
+        "unknown dataset": ["train", "--store", str(store_path), "--dataset", "nope", "--head", "tflocal", "--out", str(tmp_path / "x")],
+        "no negatives": ["train", "--store", str(tmp_path / "nonneg"), "--dataset", "plain", "--head", "tflocal",
+                         "--out", str(tmp_path / "x"), "--split", ""],
+        "other space": ["eval", "--store", str(tmp_path / "other"), "--dataset", "plain", "--head", "tflocal",
+                        "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "x")],
+        "untrained head": ["eval", "--store", str(store_path), "--dataset", "test", "--head", "tflocal", "--out", str(tmp_path / "x")],
+    }[case]
+    capfd.readouterr()
+    assert main(args) == 2
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and expected in err, err

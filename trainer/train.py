@@ -1,0 +1,184 @@
+"""`train`: fit a head on a dataset's items from the store, with periodic evaluation, JSONL logs and
+resumable checkpoints. Reads only cached tensors: no encoder runs here."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import zlib
+from contextlib import nullcontext
+from dataclasses import asdict
+from typing import Any, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from cache_schemas import SpaceEmbeddings, Store, VlcacheError, open_store
+
+from . import checkpoint
+from .config import TrainConfig, load_config
+from .data import BatchLoader, Examples, LoaderState
+from .evaluate import evaluate, write_report
+from .heads import Dims, Head, build_head
+from .objective import groups, loss
+
+
+def pick_space(store: Store, key: str | None) -> SpaceEmbeddings:
+    if key:
+        return store.space(key)
+    keys = store.space_keys()
+    if len(keys) != 1:
+        raise VlcacheError(f"store {store.location.uri} has {len(keys)} embedding spaces; choose one with --space: "
+                           f"{', '.join(keys) or 'none (run vlcache extract first)'}")
+    return store.space(keys[0])
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise VlcacheError("--device cuda asked for, but torch sees no CUDA device")
+    return torch.device(device)
+
+
+def train(store_uri: str, dataset: str, head_name: str, out: str, *, space_key: str | None = None,
+          split: str | None = "train", eval_datasets: Sequence[str] = (), config_path: str | None = None,
+          device: str = "auto", resume: bool = False, progress: bool = True,
+          storage_options: dict | None = None) -> dict[str, Any]:
+    """Train until the configured step count; return the final evaluation reports by dataset."""
+    store = open_store(store_uri, storage_options=storage_options)
+    space = pick_space(store, space_key)
+    run = _start(out, head_name, config_path, resume, space)
+    cfg = TrainConfig(**run["train"])
+    examples = Examples.from_dataset(space, store.dataset(dataset), split)
+    evals = {name: store.dataset(name) for name in eval_datasets}  # unknown names fail before training
+    if cfg.hard_negatives and not examples.has_negative_captions:
+        raise VlcacheError(f"dataset {dataset} has no negative captions, and {head_name} trains on hard negatives; "
+                           "set \"hard_negatives\": false under \"train\" in --config to train on in-batch negatives")
+    torch_device = resolve_device(device)
+    torch.manual_seed(cfg.seed)
+    head = build_head(head_name, Dims.of(space.spec), run["head_config"]).to(torch_device)
+    if not head.trainable:
+        raise VlcacheError(f"head {head_name} has nothing to train; evaluate it with vlcache eval")
+    optimizer, scheduler = _optimizer(head, cfg)
+    step, loader_state = 0, LoaderState()
+    if resume:
+        step, loader_state = _restore(run["checkpoint"], head, optimizer, scheduler)
+    loader = BatchLoader(space, examples, head.needs, cfg.batch_size, cfg.shuffle_buffer, cfg.seed,
+                         pin_memory=torch_device.type == "cuda", state=loader_state)
+    state = {"head": head_name, "head_config": head.config, "train": cfg.to_json(), "space_key": space.key,
+             "store": store_uri, "dataset": dataset, "split": split, "eval_datasets": list(eval_datasets),
+             "parameters": head.n_parameters(), "items": len(examples)}
+    log = _Log(os.path.join(out, "log.jsonl"))
+    if step == 0:
+        log.write({"event": "start", **state})
+    reports: dict[str, Any] = {}
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if torch_device.type == "cuda" else nullcontext()
+    head.train()
+    with tqdm(total=cfg.steps, initial=step, desc=f"training {head_name}", disable=not progress) as bar:
+        for batch in loader:
+            if step >= cfg.steps:
+                break
+            scoring = groups(batch, cfg.in_batch_negatives, _generator(cfg.seed, step)).to(torch_device)
+            with amp:
+                value = loss(head, batch.to(torch_device), scoring)
+            optimizer.zero_grad(set_to_none=True)
+            value.backward()
+            norm = torch.nn.utils.clip_grad_norm_(head.parameters(), cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                bar.set_postfix(loss=f"{value.item():.3f}")
+                log.write({"step": step, "loss": value.item(), "lr": scheduler.get_last_lr()[0],
+                           "grad_norm": float(norm), "epoch": batch.epoch,
+                           "batch_crc": zlib.crc32(batch.examples.tobytes())})  # the data order, checkable
+            if evals and (step % cfg.eval_every == 0 or step == cfg.steps):
+                reports = {name: evaluate(space, d, head, device=str(torch_device), retrieval_k=cfg.retrieval_k)
+                           for name, d in evals.items()}
+                log.write({"step": step, "eval": {n: _headline(r) for n, r in reports.items()}})
+                head.train()
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                checkpoint.save(out, head, _training_state(optimizer, scheduler),
+                                {**state, "step": step, "loader": asdict(LoaderState(batch.epoch, batch.position + 1))})
+    for name, report in reports.items():
+        write_report(report, os.path.join(out, "eval", name))
+    log.write({"event": "end", "step": step})
+    return reports
+
+
+def _start(out: str, head_name: str, config_path: str | None, resume: bool, space: SpaceEmbeddings) -> dict[str, Any]:
+    """The run's configs: from the checkpoint when resuming, else from defaults and --config."""
+    if resume:
+        ckpt = checkpoint.load(out, with_optimizer=True)
+        ckpt.check_space(space)
+        if ckpt.state["head"] != head_name:
+            raise VlcacheError(f"{out} holds a {ckpt.state['head']} run, not {head_name}")
+        return {"head_config": ckpt.state["head_config"], "train": ckpt.state["train"], "checkpoint": ckpt}
+    if checkpoint.has_checkpoint(out):
+        raise VlcacheError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
+    os.makedirs(out, exist_ok=True)
+    head_config, cfg = load_config(head_name, config_path)
+    return {"head_config": head_config, "train": cfg.to_json()}
+
+
+def _optimizer(head: Head, cfg: TrainConfig):
+    # No weight decay on gains, biases, embeddings and scales (1-d parameters and position tables).
+    decay = [p for n, p in head.named_parameters() if p.ndim >= 2 and "pos" not in n]
+    no_decay = [p for n, p in head.named_parameters() if not (p.ndim >= 2 and "pos" not in n)]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+
+    def schedule(step: int) -> float:  # linear warmup, then cosine decay to zero
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
+def _training_state(optimizer, scheduler) -> dict[str, Any]:
+    rng = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng}
+
+
+def _restore(ckpt: checkpoint.Checkpoint, head: Head, optimizer, scheduler) -> tuple[int, LoaderState]:
+    head.load_state_dict(ckpt.head_tensors)
+    optimizer.load_state_dict(ckpt.optimizer["optimizer"])
+    scheduler.load_state_dict(ckpt.optimizer["scheduler"])
+    torch.set_rng_state(ckpt.optimizer["rng"]["cpu"])
+    if "cuda" in ckpt.optimizer["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(ckpt.optimizer["rng"]["cuda"])
+    return ckpt.state["step"], LoaderState(**ckpt.state["loader"])
+
+
+def _generator(seed: int, step: int) -> torch.Generator:
+    """In-batch negatives drawn from (seed, step) alone, so a resumed run draws the same ones."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
+def _headline(report: dict[str, Any]) -> dict[str, float]:
+    out = {}
+    if "caption_accuracy" in report:
+        out["accuracy"] = report["caption_accuracy"]["by_subset"]["all"]
+        out["macro"] = report["caption_accuracy"]["macro"]
+    if "bivlc" in report:
+        out["group"] = report["bivlc"]["group"]["by_type"]["all"]
+    if "retrieval" in report:
+        out["t2i_r1"] = report["retrieval"]["t2i_r1"]
+    return out
+
+
+class _Log:
+    def __init__(self, path: str):
+        self.path = path
+
+    def write(self, record: dict[str, Any]) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
