@@ -76,6 +76,8 @@ def describe(request: EncoderRequest) -> EmbeddingSpace:
         model = open_clip.create_model(request.model, pretrained=None, device="meta",
                                        force_quick_gelu=bool(tag_cfg.get("quick_gelu", False)))
     _check_layer(request.layer, model)
+    if "values" in request.image_tokens and not _has_value_path(model.visual):
+        raise UnknownModelError(f"{request.model}'s image tower has no CLIP-style value path: drop 'values' from --tokens")
     preprocess = open_clip.transform.merge_preprocess_dict(model.visual.preprocess_cfg, tag_cfg)
     text = _TextTower.of(model)
     return EmbeddingSpace(
@@ -109,6 +111,12 @@ def _n_blocks(model: torch.nn.Module) -> dict[str, int]:
     image = len(visual.transformer.resblocks) if hasattr(visual, "transformer") else len(visual.trunk.blocks)
     text = model.transformer if hasattr(model, "token_embedding") else getattr(model.text, "transformer", None)
     return {"image": image, "text": len(text.resblocks) if text is not None else image}
+
+
+def _has_value_path(visual: torch.nn.Module) -> bool:
+    blocks = getattr(getattr(visual, "transformer", None), "resblocks", None)
+    return bool(blocks) and isinstance(getattr(blocks[-1], "attn", None), torch.nn.MultiheadAttention) \
+        and getattr(visual, "proj", None) is not None
 
 
 def _check_layer(layer: int, model: torch.nn.Module) -> None:
@@ -263,11 +271,13 @@ class Encoder:
     def encode_images(self, pixels: torch.Tensor) -> dict[str, np.ndarray]:
         """The image arrays of the space for a batch (B, 3, H, W): image_patches, image_cls, image_global."""
         pixels = pixels.to(self.device, non_blocking=True)
-        with self._autocast():
+        with self._autocast(), self._last_block_input() as last_input:
             out = self.model.forward_intermediates(
                 image=pixels, image_indices=[self._layer_index("image")], normalize_intermediates=True,
                 image_output_fmt="NLC", image_output_extra_tokens=True, normalize=False)
-        arrays = {"image_global": F.normalize(out["image_features"].float(), dim=-1)}
+            arrays = {"image_global": F.normalize(out["image_features"].float(), dim=-1)}
+            if "values" in self.space.image_tokens:
+                arrays["image_values"] = self._value_path(last_input[0])
         if "patches" in self.space.image_tokens:
             arrays["image_patches"] = self._project_image(out["image_intermediates"][0])
         if "cls" in self.space.image_tokens:
@@ -276,6 +286,31 @@ class Encoder:
                 raise VlcacheError(f"{self.space.model} has no CLS token; store image tokens 'patches' only")
             arrays["image_cls"] = self._project_image(prefix[0][:, 0])
         return {name: self._to_numpy(value) for name, value in arrays.items()}
+
+    @contextmanager
+    def _last_block_input(self):
+        """Capture what enters the image tower's last block (only when value features are stored)."""
+        captured: list[torch.Tensor] = []
+        if "values" not in self.space.image_tokens:
+            yield captured
+            return
+        block = self.model.visual.transformer.resblocks[-1]
+        handle = block.register_forward_pre_hook(lambda module, args: captured.append(args[0]))
+        try:
+            yield captured
+        finally:
+            handle.remove()
+
+    def _value_path(self, x: torch.Tensor) -> torch.Tensor:
+        """MaskCLIP's dense features: the last block's value projection and output projection, without
+        the attention that pools every patch into the class token, then the tower's final norm and
+        projection. Patch features that live in the joint space, from the same single pass."""
+        visual = self.model.visual
+        block = visual.transformer.resblocks[-1]
+        width = x.shape[-1]
+        value = F.linear(block.ln_1(x), block.attn.in_proj_weight[2 * width:], block.attn.in_proj_bias[2 * width:])
+        dense = visual.ln_post(block.attn.out_proj(value)) @ visual.proj  # (B, 1 + P, E)
+        return dense[:, -self.space.dims["patches"]:]
 
     def _project_image(self, x: torch.Tensor) -> torch.Tensor:
         if not self.space.projected:

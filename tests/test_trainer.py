@@ -83,25 +83,34 @@ def test_streaming_memory_stays_within_the_shuffle_buffer(swaps):
     space = open_store(store_path).space("vlcache-tiny")
     examples = Examples.from_dataset(space, open_store(store_path).dataset("train"))
     loader = BatchLoader(space, examples, frozenset({"image.patches", "text.tokens"}), batch_size=8,
-                         shuffle_buffer=16, prefetch=0)
+                         shuffle_buffer=32, prefetch=0)
     store_bytes = sum(space.array(n).nbytes for n in ("image_patches", "text_tokens"))  # uncompressed
-    assert loader.cache_capacity < store_bytes / 4  # the data read is much larger than the buffer
     tracemalloc.start()
     batches = _one_epoch(loader)
     seen = [next(batches).examples for _ in range(3)]  # tables and indexes are read once, up front
     start, _ = tracemalloc.get_traced_memory()
-    tracemalloc.reset_peak()
+    peaks = []
+    for half in range(2):
+        tracemalloc.reset_peak()
+        seen += [next(batches).examples for _ in range(37)]
+        peaks.append(tracemalloc.get_traced_memory()[1] - start)
     seen = np.concatenate(seen + [b.examples for b in batches])
-    _, peak = tracemalloc.get_traced_memory()
+    end, _ = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    assert loader.cache.bytes <= loader.cache_capacity
-    largest_chunk = loader.cache_capacity // loader.cache.chunks
-    # Reading the whole epoch costs the cache plus the chunk being decoded, whatever the store's size.
-    assert peak - start < loader.cache_capacity + 2 * largest_chunk
+    # What the loader holds is one window: its items' rows, never more than the buffer's worth.
+    item_bytes = 2 * (int(np.prod(space.layouts["image_patches"].row_shape))
+                      + 2 * space.spec.context_length * space.spec.text_token_dim)  # image + caption + negative
+    assert 0 < loader.max_window_bytes <= loader.shuffle_buffer * item_bytes <= store_bytes / 10
+    # Memory does not grow with what has been read: the second half of the epoch peaks no higher
+    # than the first, and the epoch leaves at most a window behind.
+    assert peaks[1] < 1.5 * peaks[0]
+    assert end - start < 2 * loader.max_window_bytes
     assert len(np.unique(seen)) == len(seen) == len(examples) - len(examples) % 8  # each item once per epoch
-    # Chunk-aware: each image chunk is read about once per epoch, not once per batch that needs it.
+    # Chunk-aware: a chunk is decoded once per window it reaches (one more only where a window boundary
+    # splits its items), where a random order would decode nearly every chunk in every window.
     image_chunks = len(np.unique(examples.image // space.geometry.chunk_rows))
-    assert loader.cache.reads["image_patches"] <= 2 * image_chunks
+    windows = -(-len(seen) // loader.shuffle_buffer)
+    assert loader.chunk_reads["image_patches"] <= image_chunks + windows
 
 
 def _one_epoch(loader):

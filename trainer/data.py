@@ -1,16 +1,17 @@
 """Streaming cached tensors into training batches, without loading the store into RAM.
 
-Order: items are grouped by the Zarr chunk that holds their image, the groups are shuffled, and a
-bounded shuffle buffer mixes items across nearby groups (the block-then-buffer shuffle of streaming
-loaders). Reading: a bounded LRU of decoded chunks serves every row, so each chunk is read about once
-per epoch while its items pass through the buffer. The order depends only on (seed, epoch), so a run
-resumes mid-epoch by skipping batches, without reading them."""
+Order (a block shuffle, as streaming loaders do): items are grouped by the Zarr chunk that holds their
+image, the groups are shuffled, and the resulting stream is cut into windows of `shuffle_buffer` items,
+each shuffled on its own. Reading: a window's rows are read together, so each chunk it touches is
+decoded once, and only the rows the window uses are kept: memory is the window, whatever the store's
+size. The order depends only on (seed, epoch), so a run resumes mid-epoch by skipping batches without
+reading them."""
 
 from __future__ import annotations
 
 import queue
 import threading
-from collections import Counter, OrderedDict
+from collections import Counter
 from dataclasses import dataclass, field, fields
 from typing import Iterator
 
@@ -82,60 +83,48 @@ def _padded_rows(space: SpaceEmbeddings, kind: str, lists: list[list[str]]) -> n
     return out
 
 
-class ChunkCache:
-    """Rows of a space's arrays, served from whole decoded chunks: one LRU per array, each holding at
-    most `chunks` chunks, so captions read at random never evict the image chunks a buffer still needs."""
+class WindowRows:
+    """The rows a window of items needs, read at once: each Zarr chunk touched is decoded once (zarr's
+    orthogonal read) and only the needed rows are kept."""
 
-    def __init__(self, space: SpaceEmbeddings, chunks: int):
+    def __init__(self, space: SpaceEmbeddings, arrays: list[str], image_rows: np.ndarray, text_rows: np.ndarray):
         self.space = space
-        self.chunks = chunks
-        self._lru: dict[str, OrderedDict[int, np.ndarray]] = {}
-        self.reads: Counter = Counter()  # chunk reads per array
-        self._offsets, self._lengths = space.token_index()
+        self._rows: dict[str, np.ndarray] = {}
+        self._data: dict[str, np.ndarray] = {}
+        self.chunk_reads: Counter = Counter()
+        for name in arrays:
+            rows = np.unique(image_rows if self.space.layouts[name].kind == "images" else text_rows)
+            if name == "text_tokens":
+                flat, lengths = space.read_tokens(rows)
+                self._tokens = (rows, flat, np.concatenate([[0], np.cumsum(lengths)]))
+                self._count(name, _token_rows(space, rows))
+            else:
+                self._rows[name], self._data[name] = rows, space.read(name, rows)
+                self._count(name, rows)
 
-    def chunk_length(self, name: str) -> int:
-        return self.chunk_shape(name)[0]
-
-    def chunk_shape(self, name: str) -> tuple[int, ...]:
-        return self.space.layouts[name].chunks(self.space.spec, self.space.geometry)[0]
-
-    def capacity(self, names) -> int:
-        """Most bytes the cache holds for these arrays."""
-        itemsize = np.dtype(self.space.spec.dtype).itemsize
-        return sum(self.chunks * int(np.prod(self.chunk_shape(n))) * itemsize for n in names)
+    def _count(self, name: str, rows: np.ndarray) -> None:
+        length = self.space.layouts[name].chunks(self.space.spec, self.space.geometry)[0][0]
+        self.chunk_reads[name] += len(np.unique(rows // length))
 
     @property
-    def bytes(self) -> int:
-        return sum(chunk.nbytes for lru in self._lru.values() for chunk in lru.values())
+    def nbytes(self) -> int:
+        tokens = self._tokens[1].nbytes if hasattr(self, "_tokens") else 0
+        return sum(d.nbytes for d in self._data.values()) + tokens
 
     def rows(self, name: str, rows: np.ndarray) -> np.ndarray:
-        """(len(rows), *row_shape) in the order asked."""
-        rows = np.asarray(rows, dtype=np.int64)
-        length = self.chunk_length(name)
-        out = np.empty((len(rows), *self.space.layouts[name].row_shape), dtype=self.space.spec.dtype)
-        chunk_ids = rows // length
-        for chunk in np.unique(chunk_ids):
-            mine = chunk_ids == chunk
-            out[mine] = self._chunk(name, int(chunk), length)[rows[mine] - chunk * length]
-        return out
+        return self._data[name][np.searchsorted(self._rows[name], rows)]
 
-    def tokens(self, text_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Concatenated real tokens of `text_rows` and each text's length."""
-        starts, lengths = self._offsets[text_rows], self._lengths[text_rows]
-        index = np.concatenate([np.arange(s, s + n) for s, n in zip(starts, lengths)])
-        return self.rows("text_tokens", index), lengths
+    def tokens(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Concatenated real tokens of the text rows, and each text's length."""
+        known, flat, bounds = self._tokens
+        at = np.searchsorted(known, rows)
+        lengths = bounds[at + 1] - bounds[at]
+        return np.concatenate([flat[bounds[i]:bounds[i + 1]] for i in at]), lengths
 
-    def _chunk(self, name: str, chunk: int, length: int) -> np.ndarray:
-        lru = self._lru.setdefault(name, OrderedDict())
-        if chunk in lru:
-            lru.move_to_end(chunk)
-            return lru[chunk]
-        data = self.space.array(name)[chunk * length:(chunk + 1) * length]  # one aligned chunk read
-        self.reads[name] += 1
-        lru[chunk] = data
-        if len(lru) > self.chunks:
-            lru.popitem(last=False)
-        return data
+
+def _token_rows(space: SpaceEmbeddings, text_rows: np.ndarray) -> np.ndarray:
+    offsets, lengths = space.token_index()
+    return np.concatenate([np.arange(o, o + n) for o, n in zip(offsets[text_rows], lengths[text_rows])])
 
 
 @dataclass
@@ -187,15 +176,12 @@ class BatchLoader:
     state: LoaderState = field(default_factory=LoaderState)
 
     def __post_init__(self) -> None:
-        # The buffer's items (plus the batches in flight) span about this many chunks of each array
-        # they read, since items enter the buffer chunk by chunk; two more absorb the boundaries.
-        chunks = -(-(self.shuffle_buffer + 2 * self.batch_size) // self.space.geometry.chunk_rows) + 2
-        self.cache = ChunkCache(self.space, chunks)
+        self.chunk_reads: Counter = Counter()  # Zarr chunks decoded, per array
+        self.max_window_bytes = 0
 
     @property
-    def cache_capacity(self) -> int:
-        """Most bytes of decoded chunks this loader holds."""
-        return self.cache.capacity(self._arrays("image") + self._arrays("text"))
+    def window_batches(self) -> int:
+        return max(1, self.shuffle_buffer // self.batch_size)
 
     def _arrays(self, side: str) -> list[str]:
         table = IMAGE_INPUTS if side == "image" else TEXT_INPUTS
@@ -211,9 +197,9 @@ class BatchLoader:
             return [order[i:i + self.batch_size] for i in range(0, n, self.batch_size)]
         rng = np.random.default_rng([self.seed, epoch])
         chunk = self.examples.image // self.space.geometry.chunk_rows
-        groups = [np.flatnonzero(chunk == c) for c in rng.permutation(np.unique(chunk))]
-        stream = np.concatenate([rng.permutation(g) for g in groups])
-        order = _buffer_shuffle(stream, self.shuffle_buffer, rng)
+        stream = np.concatenate([rng.permutation(np.flatnonzero(chunk == c)) for c in rng.permutation(np.unique(chunk))])
+        window = self.window_batches * self.batch_size
+        order = np.concatenate([rng.permutation(stream[i:i + window]) for i in range(0, n, window)])
         usable = n - n % self.batch_size if n >= self.batch_size else n  # full batches only
         return [order[i:i + self.batch_size] for i in range(0, usable, self.batch_size)]
 
@@ -224,18 +210,33 @@ class BatchLoader:
         return _prefetched(self._batches(), self.prefetch)
 
     def _batches(self) -> Iterator[Batch]:
+        per_window = self.window_batches
         while True:
             order = self.epoch_order(self.state.epoch)
-            while self.state.batch < len(order):
-                batch = self.collate(order[self.state.batch], self.state.epoch, self.state.batch)
-                self.state.batch += 1
-                yield batch
+            resume_at = self.state.batch
+            for start in range(resume_at - resume_at % per_window, len(order), per_window):
+                rows = self._read(np.concatenate(order[start:start + per_window]))
+                for position in range(max(start, resume_at), min(start + per_window, len(order))):
+                    batch = self.collate(order[position], self.state.epoch, position, rows)
+                    self.state.batch = position + 1
+                    yield batch
             if not self.shuffle:
                 return
             self.state = LoaderState(self.state.epoch + 1, 0)
 
-    def collate(self, index: np.ndarray, epoch: int = 0, position: int = 0) -> Batch:
+    def _read(self, items: np.ndarray) -> WindowRows:
+        """Every row that these items' batches will need, in one read per array."""
         ex = self.examples
+        images = np.concatenate([ex.image[items], ex.negative_images[items].ravel()])
+        texts = np.concatenate([ex.caption[items], ex.negatives[items].ravel()])
+        rows = WindowRows(self.space, self._arrays("image") + self._arrays("text"), images[images >= 0], texts[texts >= 0])
+        self.chunk_reads.update(rows.chunk_reads)
+        self.max_window_bytes = max(self.max_window_bytes, rows.nbytes)
+        return rows
+
+    def collate(self, index: np.ndarray, epoch: int = 0, position: int = 0, rows: WindowRows | None = None) -> Batch:
+        ex = self.examples
+        rows = rows or self._read(index)
         negative_images = ex.negative_images[index]
         image_rows = np.concatenate([ex.image[index], negative_images[negative_images >= 0]])
         negative_image_index = np.full(negative_images.shape, -1, dtype=np.int64)
@@ -248,8 +249,8 @@ class BatchLoader:
             examples=index,
             epoch=epoch,
             position=position,
-            images=self.image_inputs(image_rows),
-            texts=self.text_inputs(text_rows),
+            images=self.image_inputs(image_rows, rows),
+            texts=self.text_inputs(text_rows, rows),
             image_rows=torch.from_numpy(image_rows),
             text_rows=torch.from_numpy(text_rows),
             positive=torch.from_numpy(lookup(ex.caption[index])),
@@ -257,43 +258,29 @@ class BatchLoader:
             negative_images=torch.from_numpy(negative_image_index),
         )
 
-    def image_inputs(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
+    def image_inputs(self, rows: np.ndarray, window: WindowRows | None = None) -> dict[str, torch.Tensor]:
         """The head's image inputs for store rows, as tensors (float16 until moved to a device)."""
-        out = {}
-        for name in (n.split(".", 1)[1] for n in self.needs if n.startswith("image.")):
-            out[name] = self._tensor(self.cache.rows(IMAGE_INPUTS[name], rows))
-        return out
+        window = window or WindowRows(self.space, self._arrays("image"), rows, np.empty(0, np.int64))
+        return {name: self._tensor(window.rows(IMAGE_INPUTS[name], rows))
+                for name in (n.split(".", 1)[1] for n in self.needs if n.startswith("image."))}
 
-    def text_inputs(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
+    def text_inputs(self, rows: np.ndarray, window: WindowRows | None = None) -> dict[str, torch.Tensor]:
         """The head's text inputs for store rows: tokens padded to the longest, with a mask."""
+        window = window or WindowRows(self.space, self._arrays("text"), np.empty(0, np.int64), rows)
         out = {}
         if "text.tokens" in self.needs:
-            flat, lengths = self.cache.tokens(rows)
+            flat, lengths = window.tokens(rows)
             padded = np.zeros((len(rows), int(lengths.max()), flat.shape[1]), dtype=flat.dtype)
             mask = np.arange(padded.shape[1])[None, :] < lengths[:, None]
             padded[mask] = flat
             out["tokens"], out["mask"] = self._tensor(padded), torch.from_numpy(mask)
         if "text.global" in self.needs:
-            out["global"] = self._tensor(self.cache.rows("text_global", rows))
+            out["global"] = self._tensor(window.rows("text_global", rows))
         return out
 
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
         tensor = torch.from_numpy(array)
         return tensor.pin_memory() if self.pin_memory else tensor
-
-
-def _buffer_shuffle(stream: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
-    """A shuffle buffer over `stream`: each output comes from the last `size` inputs at most."""
-    if size <= 1:
-        return stream
-    out, buffer = np.empty_like(stream), list(stream[:size])
-    k = 0
-    for item in stream[size:]:
-        j = int(rng.integers(len(buffer)))
-        out[k], buffer[j] = buffer[j], item
-        k += 1
-    out[k:] = rng.permutation(np.array(buffer, dtype=stream.dtype)) if buffer else []
-    return out
 
 
 def _prefetched(batches: Iterator[Batch], depth: int) -> Iterator[Batch]:

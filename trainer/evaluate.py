@@ -30,12 +30,25 @@ def evaluate(space: SpaceEmbeddings, dataset: DatasetTables, head: Head, *, spli
             retrieval = _retrieval(loader, head, torch.device(device), retrieval_k)
     finally:
         head.train(was_training)
-    report: dict[str, Any] = {"dataset": dataset.name, "split": split, "space": space.key, "head": head.name,
-                              "items": len(examples), "items_without_content": examples.dropped}
-    report.update(_caption_report(examples, order, pos, neg))
-    report.update(_bivlc_report(examples, order, bivlc))
+    report = report_from_scores(examples, order, pos, neg, bivlc)
+    report.update({"dataset": dataset.name, "split": split, "space": space.key, "head": head.name})
     if retrieval:
         report["retrieval"] = retrieval
+    return report
+
+
+def report_from_scores(examples: Examples, order: np.ndarray, pos: np.ndarray, neg: np.ndarray,
+                       bivlc: np.ndarray) -> dict[str, Any]:
+    """Metrics from per-item scores, whatever produced them (a head, the diagnostic).
+
+    order: (N,) example index of each score row; pos: (N,) positive caption; neg: (N, K) negatives,
+    -inf where none; bivlc: (N, 2, 2) [item, caption, image], NaN where the item has no negative image.
+    The per-item scores ride along under "item_scores" (`write_report` leaves them out of report.json)."""
+    report: dict[str, Any] = {"items": len(examples), "items_without_content": examples.dropped}
+    report.update(_caption_report(examples, order, pos, neg))
+    report.update(_bivlc_report(examples, order, bivlc))
+    report["item_scores"] = {"item_id": examples.item_id[order].tolist(), "positive": pos.tolist(),
+                             "negative": neg[:, 0].tolist()}
     return report
 
 
@@ -104,8 +117,8 @@ def _retrieval(loader: BatchLoader, head: Head, device: torch.device, k: int) ->
     if len(image_rows) < 2:
         return None
     text_to_image = image_of_item[first_item]
-    image_global = torch.from_numpy(loader.cache.rows("image_global", image_rows)).float()
-    text_global = torch.from_numpy(loader.cache.rows("text_global", text_rows)).float()
+    image_global = torch.from_numpy(loader.space.read("image_global", image_rows)).float()
+    text_global = torch.from_numpy(loader.space.read("text_global", text_rows)).float()
     G = (torch.nn.functional.normalize(image_global, dim=-1) @ torch.nn.functional.normalize(text_global, dim=-1).T).numpy()
     if not head.pairwise:
         images = {"global": image_global.to(device)}
@@ -130,7 +143,7 @@ def _retrieval(loader: BatchLoader, head: Head, device: torch.device, k: int) ->
 def write_report(report: dict[str, Any], out_dir: str) -> None:
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "report.json"), "w") as f:
-        json.dump(report, f, indent=2)
+        json.dump({k: v for k, v in report.items() if k != "item_scores"}, f, indent=2)
     with open(os.path.join(out_dir, "report.md"), "w") as f:
         f.write(markdown(report))
 
