@@ -1,6 +1,6 @@
 """Where the encoder pass runs: a LocalCluster on this machine (the default), an existing Dask
 scheduler, or SLURM jobs through dask-jobqueue (configured by dask's `jobqueue.slurm` settings,
-e.g. ~/.config/dask/jobqueue.yaml; see workflows/jobqueue.yaml)."""
+e.g. ~/.config/dask/jobqueue.yaml; see workflows/recipes/jobqueue.yaml)."""
 
 from __future__ import annotations
 

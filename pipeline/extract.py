@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -75,12 +76,14 @@ class Summary:
 
 def extract(source: str, fmt: str, dataset: str, encoder: EncoderRequest, store_uri: str, *,
             images_root: str | None = None, split: str | None = None, cluster: ClusterConfig = ClusterConfig(),
-            options: ExtractOptions = ExtractOptions(), storage_options: dict | None = None) -> Summary:
+            options: ExtractOptions = ExtractOptions(), storage_options: dict | None = None,
+            client: Client | None = None) -> Summary:
+    """`client`: a Dask client to reuse (several extractions, one cluster start); `cluster` describes it."""
     started = time.perf_counter()
     raw = read_source(source, fmt, images_root, split)  # user mistakes surface before any cluster starts
     spec = describe(encoder)
     store = open_store(store_uri, mode="a", storage_options=storage_options)
-    with dask_client(cluster) as client:
+    with nullcontext(client) if client else dask_client(cluster) as client:
         probes = _probe_images(client, raw.image_uris(), options.progress)
         tables = dataset_tables(raw, probes)
         registered = store.register_dataset(dataset, **tables, source={"uri": os.path.abspath(source), "format": fmt})

@@ -4,6 +4,7 @@ combinations, determinism, and config validation."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -234,6 +235,19 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path: str) -> None:
         for key in ("image", "negative_image"):
             assert np.array_equal(*(read_pixels(os.path.join(root, r[key])) for root in (first, second)))
     assert read_bytes(os.path.join(first, "train.jsonl")) != read_bytes(os.path.join(other, "train.jsonl"))
+
+
+def test_alt_text_names_some_objects_and_changes_nothing_else(world: tuple[str, dict], tmp_path: str) -> None:
+    out = str(tmp_path)
+    generate(out, dataclasses.replace(SMALL, alt_text=True))
+    plain = {r["item_id"]: r for r in all_rows(world[0])}
+    lengths = []
+    for r in all_rows(out):
+        assert {k: v for k, v in r.items() if k != "alt_text"} == plain[r["item_id"]]
+        mentions, relation = parse(r["alt_text"])
+        assert relation is None and all(sum(fits(o, what) for o in r["scene"]) >= n for n, what in mentions)
+        lengths.append(len(r["alt_text"]) < len(r["caption"]))
+    assert "alt_text" not in plain["train-000000"] and np.mean(lengths) > 0.9
 
 
 def test_world_without_relations_or_holdout(tmp_path: str) -> None:

@@ -111,13 +111,59 @@ def evaluate(store_uri, dataset, head, run_dir, out, space_key, split, device, r
 
 
 @cli.command()
-@click.option("--out", type=click.Path(file_okay=False), default="runs/demo", show_default=True)
-@click.option("--quiet", is_flag=True, help="No progress bars.")
-def demo(out: str, quiet: bool) -> None:
-    """Run the end-to-end demo on its embedded default data."""
-    from workflows.demo import run_demo
+@click.option("--store", "store_uri", required=True)
+@click.option("--dataset", required=True)
+@click.option("--regions", "sources", multiple=True, default=("values",), show_default=True,
+              type=click.Choice(["patches", "values", "crops", "crops-resize"]),
+              help="Region source (repeatable): pooled cached features, or crops the encoder sees one by one.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Report folder (one per source).")
+@click.option("--space", "space_key", default=None)
+@click.option("--split", default="", help="Items of this split only (default: all).")
+def diagnose(store_uri, dataset, sources, out, space_key, split) -> None:
+    """Structure-guided inference: caption segments matched to image regions."""
+    from cache_schemas import open_store
+    from trainer.diagnostic import Regions, diagnose as run_diagnose, pooled_regions
+    from trainer.evaluate import write_report
+    from trainer.train import pick_space
 
-    run_demo(out, progress=not quiet)
+    store = open_store(store_uri)
+    space, data = pick_space(store, space_key), store.dataset(dataset)
+    for source in sources:
+        if source.startswith("crops"):
+            from pipeline.regions import crop_regions, encoder_for
+
+            style = "resize" if source == "crops-resize" else "canvas"
+            by_hash, passes = crop_regions(encoder_for(space), data, style)
+            regions = Regions(by_hash, 1 + passes, f"crops ({style})")
+        else:
+            regions = pooled_regions(space, data, source)
+        report = run_diagnose(space, data, regions, split=split or None)
+        write_report(report, os.path.join(out, source))
+        click.echo(f"{source}: accuracy {100 * report['caption_accuracy']['by_subset']['all']:.1f}% "
+                   f"({regions.passes_per_image:.1f} encoder passes per image); report in {os.path.join(out, source)}")
+
+
+@cli.command()
+@click.option("--out", type=click.Path(file_okay=False), default="runs/demo", show_default=True)
+@click.option("--sweep", is_flag=True, help="Repeat the study over scene complexity (about 6 demos' time).")
+@click.option("--small", is_flag=True, help="A minute-long run at toy size (a smoke test).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--quiet", is_flag=True)
+def demo(out: str, sweep: bool, small: bool, seed: int, quiet: bool) -> None:
+    """The end-to-end demo: world, encoder, cache, heads, diagnostic, report."""
+    import dataclasses
+
+    from workflows.demo import DemoConfig, run_demo, run_sweep
+
+    config = DemoConfig()
+    config = dataclasses.replace(config, world=dataclasses.replace(config.world, seed=seed))
+    config = config.small() if small else config
+    if sweep:
+        run_sweep(out, config.for_sweep(), progress=not quiet)
+        click.echo(f"sweep report: {os.path.join(out, 'sweep.md')}")
+    else:
+        run_demo(out, config, progress=not quiet)
+        click.echo(f"report: {os.path.join(out, 'report.md')}")
 
 
 @cli.group()

@@ -1,5 +1,5 @@
-"""A small SugarCrepe-format example set, generated on the spot: the README demo's input and the
-test suite's stand-in for the real benchmark (same file layout, same subset sizes on request).
+"""A small SugarCrepe-format example set, generated on the spot: the test suite's and the benchmarks'
+stand-in for the real benchmark (same file layout, same subset sizes on request).
 
 Images are flat-coloured PNGs with a few shapes; many items share an image and a caption, as in
 SugarCrepe, where COCO images and captions recur across subsets."""

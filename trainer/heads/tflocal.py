@@ -2,10 +2,12 @@
 and scores the pair (a cross-encoder over frozen embeddings).
 
 Sequence per pair: [score token] + projected patches (+ position, + image modality) + projected
-text tokens (+ position, + text modality) [+ the two global embeddings as one token each]. Pre-norm
+text tokens (+ position, + text modality). Pre-norm
 encoder layers; the score token's output goes through a linear layer. About 11M parameters at the
 defaults (width 384, 6 layers) for ViT-B-sized towers. `pool` averages pool x pool patches first: a
-cross-encoder's cost grows with the square of its sequence, and neighbouring patches are redundant."""
+cross-encoder's cost grows with the square of its sequence, and neighbouring patches are redundant.
+`use_global` adds the two global embeddings as one token each: a shortcut to the global cosine, off
+by default so the head measures what the local tokens hold."""
 
 from __future__ import annotations
 
@@ -25,9 +27,11 @@ class TFLocal(Head):
     needs = frozenset({"image.patches", "text.tokens", "image.global", "text.global"})
 
     def __init__(self, dims: Dims, width: int = 384, layers: int = 6, heads: int = 6, mlp_ratio: float = 4.0,
-                 dropout: float = 0.1, use_global: bool = True, pool: int = 1):
+                 dropout: float = 0.1, use_global: bool = False, pool: int = 1):
         super().__init__(dims, width=width, layers=layers, heads=heads, mlp_ratio=mlp_ratio, dropout=dropout,
                          use_global=use_global, pool=pool)
+        if not use_global:  # read only what the head looks at
+            self.needs = frozenset({"image.patches", "text.tokens"})
         self.grid = math.isqrt(dims.patches)
         if self.grid ** 2 != dims.patches or self.grid % pool:
             raise VlcacheError(f"tflocal pool {pool} needs a square patch grid divisible by it; the space has "

@@ -136,6 +136,21 @@ def clause(rel: Relation) -> str:
     return f"{name(rel.subject)} is {rel.kind} {name(rel.other)}"
 
 
+def alt_text(rng: np.random.Generator, caption: Caption) -> Caption:
+    """Web alt-text: true of the caption's scene if read non-exhaustively. A random non-empty subset of its
+    mentions, in order, each keeping each attribute word with probability 1/2 (the shape always),
+    and no relation. Mentions that end up alike merge into one counted mention."""
+    n = len(caption.mentions)
+    keep = sorted(rng.choice(n, size=int(rng.integers(1, n + 1)), replace=False))
+    counts: dict[Description, int] = {}
+    for k in keep:
+        m = caption.mentions[k]
+        what = tuple(w if w is None or f == "shape" or rng.random() < 0.5 else None
+                     for f, w in zip(FIELDS, m.what))
+        counts[what] = counts.get(what, 0) + m.count
+    return Caption(tuple(Mention(what, c) for what, c in counts.items()), None)
+
+
 def segments(caption: Caption) -> list[str]:
     """One text per mention, then the relation clause: the caption's parts, in its order."""
     return [phrase(m) for m in caption.mentions] + ([clause(caption.relation)] if caption.relation else [])

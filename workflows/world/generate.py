@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .captions import Caption, caption_for, judge, plan, region_boxes, segments, text
+from .captions import Caption, alt_text, caption_for, judge, plan, region_boxes, segments, text
 from .config import WorldConfig
 from .negatives import LABELS, Context, Negative, find_negative
 from .render import render
@@ -61,7 +61,7 @@ def _item(out_dir: str, split: str, index: int, config: WorldConfig, pools: Pool
     render(scene, config.image_size).save(os.path.join(out_dir, image))
     render(negative.scene, config.image_size).save(os.path.join(out_dir, negative_image))
     kind_type, subtype = LABELS[negative.kind]
-    return {
+    row = {
         "item_id": f"{split}-{index:06d}", "image": image, "caption": text(caption),
         "negative_caption": text(negative.caption), "negative_image": negative_image,
         "type": kind_type, "subtype": subtype, "subset": negative.subset, "split": split,
@@ -69,6 +69,10 @@ def _item(out_dir: str, split: str, index: int, config: WorldConfig, pools: Pool
         "caption_segments": segments(caption), "negative_caption_segments": segments(negative.caption),
         "scene": _objects(scene), "negative_scene": _objects(negative.scene),
     }
+    if config.alt_text:  # its own random stream, so the rest of the row is the same either way
+        loose = alt_text(np.random.default_rng([config.seed, SPLITS.index(split) + 1, index, 1]), caption)
+        row["alt_text"] = text(loose)
+    return row
 
 
 def _sample(rng: np.random.Generator, config: WorldConfig, pools: Pools, ood: bool,
