@@ -17,6 +17,7 @@ demo: setup
 	HF_HUB_OFFLINE=1 $(BIN)/vlcache demo --out runs/demo
 
 test: setup
+	$(BIN)/ruff check .
 	HF_HUB_OFFLINE=1 $(BIN)/pytest
 
 bench: setup

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import tempfile
 import time
 
-import numpy as np
 import pyarrow.compute as pc
 import torch
+from results import publish
 
 from cache_schemas import open_store
 from pipeline.cluster import ClusterConfig
@@ -40,15 +39,14 @@ def text_trimming(n: int, repeats: int) -> dict:
     timings = {}
     for name, encoder in (("padded", padded), ("trimmed", causal)):
         encoder.encode_texts(ids[:8], lengths[:8])  # warm-up
-        best = min(_timed(lambda: encoder.encode_texts(ids, lengths)) for _ in range(repeats))
-        timings[name] = best
+        timings[name] = min(_timed(encoder.encode_texts, ids, lengths) for _ in range(repeats))
     return {"captions": n, "mean_tokens": float(lengths.mean()), "context": int(ids.shape[1]),
             "speedup_trimmed_vs_padded": timings["padded"] / timings["trimmed"]}
 
 
-def _timed(fn) -> float:
+def _timed(fn, *args) -> float:
     start = time.perf_counter()
-    fn()
+    fn(*args)
     return time.perf_counter() - start
 
 
@@ -82,22 +80,16 @@ def main() -> None:
     parser.add_argument("--captions", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    os.makedirs(args.out, exist_ok=True)
     torch.set_num_threads(os.cpu_count() or 1)
     with tempfile.TemporaryDirectory() as workdir:
         results = {"device": "cuda" if torch.cuda.is_available() else "cpu", "cpu_count": os.cpu_count(),
                    "text_trimming": text_trimming(args.captions, args.repeats),
                    "storage_and_dedup": storage_and_dedup(workdir)}
-    with open(os.path.join(args.out, "extract_bench.json"), "w") as f:
-        json.dump(results, f, indent=2)
     lines = ["| measure | value |", "|---|---:|"]
     for group in ("text_trimming", "storage_and_dedup"):
         lines += [f"| {group}.{k} | {v:.3g} |" if isinstance(v, float) else f"| {group}.{k} | {v} |"
                   for k, v in results[group].items()]
-    table = "\n".join(lines) + "\n"
-    with open(os.path.join(args.out, "extract_bench.md"), "w") as f:
-        f.write(table)
-    print(table)
+    publish(args.out, "extract_bench", results, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -6,12 +6,12 @@ and loader_bench.md."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
 
 import numpy as np
+from results import publish
 
 from cache_schemas import open_store
 from pipeline.cluster import ClusterConfig
@@ -40,7 +40,8 @@ def one_epoch(loader: BatchLoader) -> dict[str, float]:
             break
         batches += 1
     return {"batches": batches, "seconds": time.perf_counter() - start,
-            "image_chunk_reads": loader.chunk_reads["image_patches"], "text_chunk_reads": loader.chunk_reads["text_tokens"],
+            "image_chunk_reads": loader.chunk_reads["image_patches"],
+            "text_chunk_reads": loader.chunk_reads["text_tokens"],
             "max_window_mb": loader.max_window_bytes / 1e6}
 
 
@@ -50,9 +51,9 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=6000)
     parser.add_argument("--buffer", type=int, default=512)
     args = parser.parse_args()
-    os.makedirs(args.out, exist_ok=True)
     with tempfile.TemporaryDirectory() as workdir:
-        annotations, images = write_sugarcrepe_example(workdir, sizes={"swap_att": args.items}, n_images=args.items, image_size=32)
+        annotations, images = write_sugarcrepe_example(workdir, sizes={"swap_att": args.items}, n_images=args.items,
+                                                       image_size=32)
         store_path = os.path.join(workdir, "store")
         extract(annotations, "sugarcrepe", "bench", EncoderRequest("vlcache-tiny"), store_path, images_root=images,
                 cluster=ClusterConfig(), options=ExtractOptions(rows_per_shard=1024, progress=False))
@@ -64,18 +65,15 @@ def main() -> None:
             loader = cls(space, examples, NEEDS, batch_size=64, shuffle_buffer=args.buffer, prefetch=0)
             results[name] = one_epoch(loader)
     ours, plain = results["block shuffle"], results["random permutation"]
-    results["ratios"] = {"image_chunk_reads (permutation / ours)": plain["image_chunk_reads"] / ours["image_chunk_reads"],
-                         "epoch_seconds (permutation / ours)": plain["seconds"] / ours["seconds"]}
-    with open(os.path.join(args.out, "loader_bench.json"), "w") as f:
-        json.dump(results, f, indent=2)
+    results["ratios"] = {
+        "image_chunk_reads (permutation / ours)": plain["image_chunk_reads"] / ours["image_chunk_reads"],
+        "epoch_seconds (permutation / ours)": plain["seconds"] / ours["seconds"],
+    }
     lines = ["| loader | batches | image chunk reads | text chunk reads | epoch s |", "|---|---:|---:|---:|---:|"]
     lines += [f"| {n} | {r['batches']} | {r['image_chunk_reads']} | {r['text_chunk_reads']} | {r['seconds']:.2f} |"
               for n, r in results.items() if n != "ratios"]
     lines += ["", *(f"- {k}: {v:.1f}x" for k, v in results["ratios"].items())]
-    table = "\n".join(lines) + "\n"
-    with open(os.path.join(args.out, "loader_bench.md"), "w") as f:
-        f.write(table)
-    print(table)
+    publish(args.out, "loader_bench", results, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -6,9 +6,9 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Iterable
 from dataclasses import asdict
 from functools import cached_property
-from typing import Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -18,8 +18,7 @@ from zarr.codecs import ZstdCodec
 
 from . import tables
 from .errors import InvalidSpecError
-from .layout import (EMBEDDINGS, SPACE_SPEC, ArrayLayout, Geometry, Kind, array_layouts, part_path,
-                     plan_path, space_dir)
+from .layout import EMBEDDINGS, SPACE_SPEC, ArrayLayout, Geometry, Kind, array_layouts, part_path, plan_path, space_dir
 from .location import Location
 from .space import EmbeddingSpace
 
@@ -47,7 +46,7 @@ class SpaceEmbeddings:
         return f"SpaceEmbeddings({self.key!r})"
 
     @classmethod
-    def open(cls, location: Location, key: str, writable: bool) -> "SpaceEmbeddings":
+    def open(cls, location: Location, key: str, writable: bool) -> SpaceEmbeddings:
         doc = location.read_json(f"{space_dir(key)}/{SPACE_SPEC}")
         spec = EmbeddingSpace.from_json(doc["spec"])
         if spec.key != key:
@@ -55,7 +54,7 @@ class SpaceEmbeddings:
         return cls(location, spec, Geometry(**doc["geometry"]), writable)
 
     @classmethod
-    def create(cls, location: Location, spec: EmbeddingSpace, geometry: Geometry) -> "SpaceEmbeddings":
+    def create(cls, location: Location, spec: EmbeddingSpace, geometry: Geometry) -> SpaceEmbeddings:
         """Create empty arrays, then the spec file: a space is listed only once it is complete."""
         space = cls(location, spec, geometry, writable=True)
         root = zarr.open_group(location.zarr_store(space._rel(EMBEDDINGS), read_only=False), mode="w",
@@ -113,7 +112,8 @@ class SpaceEmbeddings:
         self.location.write_parquet(plan_path(self.key, kind, first_shard), plan, exclusive=True)
 
     def committed_shards(self, kind: Kind) -> list[int]:
-        return [int(n.split(".")[0]) for n in self.location.listdir(self._rel(f"parts/{kind}")) if n.endswith(".parquet")]
+        names = self.location.listdir(self._rel(f"parts/{kind}"))
+        return [int(n.split(".")[0]) for n in names if n.endswith(".parquet")]
 
     def pending_shards(self, kind: Kind) -> list[int]:
         planned = {self.geometry.shard_of(r) for r in self.plan(kind)["row"].to_pylist()}
@@ -196,8 +196,10 @@ class SpaceEmbeddings:
             raise IndexError(f"row -1 asked of {name}: some content is not in space {self.key}")
         if self.layouts[name].ragged:
             raise ValueError(f"{name} is ragged: use read_tokens")
-        unique, inverse = np.unique(rows, return_inverse=True)
-        return self.array(name).oindex[unique][inverse] if rows.size else np.empty((0, *self.layouts[name].row_shape), self.spec.dtype)
+        if not rows.size:
+            return np.empty((0, *self.layouts[name].row_shape), self.spec.dtype)
+        unique, inverse = np.unique(rows, return_inverse=True)  # zarr reads each chunk once, in order
+        return self.array(name).oindex[unique][inverse]
 
     def token_index(self) -> tuple[np.ndarray, np.ndarray]:
         """Per text row: the first text_tokens row of its tokens, and their count (0 for absent rows)."""
@@ -219,10 +221,11 @@ class SpaceEmbeddings:
         if rows.size and (rows.min() < 0 or rows.max() >= len(offsets)):
             raise IndexError(f"text rows out of range for space {self.key}")
         take = lengths[rows]
-        index = np.concatenate([np.arange(o, o + n) for o, n in zip(offsets[rows], take)]) if rows.size else np.empty(0, np.int64)
+        if not take.sum():
+            return np.empty((0, self.spec.text_token_dim), self.spec.dtype), take
+        index = np.concatenate([np.arange(o, o + n) for o, n in zip(offsets[rows], take)])
         unique, inverse = np.unique(index, return_inverse=True)
-        flat = self.array("text_tokens").oindex[unique][inverse] if index.size else np.empty((0, self.spec.text_token_dim), self.spec.dtype)
-        return flat, take
+        return self.array("text_tokens").oindex[unique][inverse], take
 
     def read_tokens_padded(self, rows: np.ndarray, length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Text tokens padded to `length` (default: the longest): (n, L, D) and a boolean mask (n, L)."""

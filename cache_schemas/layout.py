@@ -60,7 +60,7 @@ class Geometry:
             )
 
     @classmethod
-    def for_shard_rows(cls, rows_per_shard: int) -> "Geometry":
+    def for_shard_rows(cls, rows_per_shard: int) -> Geometry:
         chunk = next(c for c in (32, 16, 8, 4, 2, 1) if rows_per_shard % c == 0)
         return cls(rows_per_shard, chunk)
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Mapping
+from typing import Any
 
 from .errors import InvalidSpecError
 
@@ -102,7 +103,7 @@ class EmbeddingSpace:
         return _jsonable(asdict(self)) | {"key": self.key}
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "EmbeddingSpace":
+    def from_json(cls, data: Mapping[str, Any]) -> EmbeddingSpace:
         known = {f.name for f in fields(cls)}
         missing = {"model", "weights", "preprocess", "context_length", "text_trim", "dims"} - set(data)
         if missing:

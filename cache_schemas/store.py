@@ -29,7 +29,7 @@ from .version import SCHEMA_VERSION, parse_schema_version
 DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
-def open_store(uri: str, mode: str = "r", storage_options: dict[str, Any] | None = None) -> "Store":
+def open_store(uri: str, mode: str = "r", storage_options: dict[str, Any] | None = None) -> Store:
     """Open a store: mode "r" reads an existing one; "a" creates it if needed and allows writes."""
     if mode not in ("r", "a"):
         raise ValueError(f"mode must be 'r' or 'a', got {mode!r}")
@@ -96,7 +96,8 @@ class Store:
     def dataset(self, name: str) -> DatasetTables:
         rel = f"{layout.dataset_dir(name)}/manifest.json"
         if not DATASET_NAME.fullmatch(name) or not self.location.exists(rel):
-            raise UnknownDatasetError(f"no dataset {name!r} in {self.location.uri}{_suggest(name, self.dataset_names())}")
+            hint = _suggest(name, self.dataset_names())
+            raise UnknownDatasetError(f"no dataset {name!r} in {self.location.uri}{hint}")
         return DatasetTables(self.location, name, self.location.read_json(rel))
 
     def register_dataset(self, name: str, items: pa.Table, images: pa.Table, texts: pa.Table,

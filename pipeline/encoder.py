@@ -71,13 +71,14 @@ def describe(request: EncoderRequest) -> EmbeddingSpace:
     """The space `request` produces, computed from the architecture alone (no weights, no download)."""
     check_model(request.model)
     weights = weights_id(request.model, request.pretrained)
-    tag_cfg = open_clip.get_pretrained_cfg(request.model, request.pretrained) if weights.startswith("pretrained:") else {}
+    tag_cfg = _tag_cfg(request.model, request.pretrained, weights)
     with _quiet():
         model = open_clip.create_model(request.model, pretrained=None, device="meta",
                                        force_quick_gelu=bool(tag_cfg.get("quick_gelu", False)))
     _check_layer(request.layer, model)
     if "values" in request.image_tokens and not _has_value_path(model.visual):
-        raise UnknownModelError(f"{request.model}'s image tower has no CLIP-style value path: drop 'values' from --tokens")
+        raise UnknownModelError(f"{request.model}'s image tower has no CLIP-style value path: "
+                                "drop 'values' from --tokens")
     preprocess = open_clip.transform.merge_preprocess_dict(model.visual.preprocess_cfg, tag_cfg)
     text = _TextTower.of(model)
     return EmbeddingSpace(
@@ -94,6 +95,11 @@ def describe(request: EncoderRequest) -> EmbeddingSpace:
         checkpoint_path=os.path.abspath(request.pretrained) if weights.startswith("sha256:") else None,
         versions={"open_clip": open_clip.__version__, "torch": torch.__version__.split("+")[0]},
     )
+
+
+def _tag_cfg(model: str, pretrained: str | None, weights: str) -> dict:
+    """open_clip's settings for a pretrained tag (preprocessing, QuickGELU); none for other weights."""
+    return open_clip.get_pretrained_cfg(model, pretrained) if weights.startswith("pretrained:") else {}
 
 
 @contextmanager
@@ -158,7 +164,7 @@ class _TextTower:
     width: int
 
     @classmethod
-    def of(cls, model: torch.nn.Module) -> "_TextTower | None":
+    def of(cls, model: torch.nn.Module) -> _TextTower | None:
         if hasattr(model, "token_embedding"):  # open_clip.CLIP keeps its text tower inline
             return cls(model.token_embedding, model.positional_embedding, model.transformer, model.attn_mask,
                        model.ln_final, model.text_projection, model.text_pool_type,
@@ -202,7 +208,7 @@ class Encoder:
         self.space = space
         self.device = torch.device(device)
         torch.manual_seed(RANDOM_SEED)  # random-init weights are part of the space's identity
-        tag_cfg = open_clip.get_pretrained_cfg(space.model, pretrained) if space.weights.startswith("pretrained:") else {}
+        tag_cfg = _tag_cfg(space.model, pretrained, space.weights)
         with _quiet():
             self.model = open_clip.create_model(space.model, pretrained=pretrained, device=self.device,
                                                 force_quick_gelu=bool(tag_cfg.get("quick_gelu", False))).eval()

@@ -5,7 +5,7 @@ for the same content and recomputes only the shards that never committed."""
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pyarrow as pa

@@ -6,12 +6,11 @@ record lands, so a worker killed mid-shard leaves nothing a reader can see."""
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import pyarrow as pa

@@ -27,5 +27,6 @@ def run_extract(source, fmt, dataset, store, rows_per_shard=8, request=TINY, **k
 def small_sugarcrepe(tmp_path_factory):
     """A SugarCrepe-format set: 7 subsets of 4 items over 12 images."""
     root = tmp_path_factory.mktemp("sugarcrepe")
-    sizes = {name: 4 for name in ("add_att", "add_obj", "replace_att", "replace_obj", "replace_rel", "swap_att", "swap_obj")}
+    subsets = ("add_att", "add_obj", "replace_att", "replace_obj", "replace_rel", "swap_att", "swap_obj")
+    sizes = {name: 4 for name in subsets}
     return write_sugarcrepe_example(str(root), sizes=sizes, n_images=12, seed=1)

@@ -16,7 +16,8 @@ def _toy() -> DemoConfig:
     heads = {name: {"head": cfg["head"], "train": {**cfg["train"], "steps": 6, "eval_every": 6}}
              for name, cfg in config.heads.items()}
     return dataclasses.replace(config, world=dataclasses.replace(config.world, n_train=96, n_test=24),
-                               pretrain=dataclasses.replace(config.pretrain, steps=8, warmup=2), heads=heads)
+                               pretrain=dataclasses.replace(config.pretrain, steps=8, warmup=2), heads=heads,
+                               crop_styles=("canvas", "resize"))
 
 
 @pytest.fixture(scope="module")

@@ -37,7 +37,8 @@ def test_full_sugarcrepe_stores_each_unique_image_and_caption_once(full_sugarcre
     annotations, _, store, summary = full_sugarcrepe
     entries = {f: _load(os.path.join(annotations, f)) for f in os.listdir(annotations)}
     unique_files = {e["filename"] for subset in entries.values() for e in subset.values()}
-    unique_texts = {e[k] for subset in entries.values() for e in subset.values() for k in ("caption", "negative_caption")}
+    unique_texts = {e[k] for subset in entries.values() for e in subset.values()
+                    for k in ("caption", "negative_caption")}
     assert sum(len(s) for s in entries.values()) == 7511
 
     assert main(["cache", "info", str(store), "--json"]) == 0

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cache_schemas import open_store
+from cache_schemas import open_store, verify
 from pipeline import images
 from pipeline.images import ImageError, decode, probe
 
@@ -95,3 +95,4 @@ def test_failed_images_are_retried_only_on_request(zoo, tmp_path):
     assert again.shards_run == 0  # a failure is a result: it is not retried by default
     assert retried.shards_run == 1  # the image's new shard; the text was encoded the first time
     assert retried.failed == 1
+    assert verify(open_store(tmp_path / "store")).ok  # the failed row and its retry are not duplicates

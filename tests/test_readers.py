@@ -39,8 +39,9 @@ def _write(fmt, root):
     if fmt == "sugarcrepe":
         os.makedirs(os.path.join(root, "sc"))
         for subset in ("replace_att", "swap_obj"):
-            entries = {str(i): {"filename": r["image"], "caption": r["caption"], "negative_caption": r["negative_caption"]}
-                       for i, r in enumerate(r for r in ROWS if f"{r['type']}_{r['subtype']}" == subset)}
+            rows = [r for r in ROWS if f"{r['type']}_{r['subtype']}" == subset]
+            entries = {str(i): {"filename": r["image"], "caption": r["caption"],
+                                "negative_caption": r["negative_caption"]} for i, r in enumerate(rows)}
             with open(os.path.join(root, "sc", f"{subset}.json"), "w") as f:
                 json.dump(entries, f)
         return os.path.join(root, "sc")
@@ -85,7 +86,8 @@ def test_sugarcrepe_subsets_types_and_ids(tmp_path):
     path, root = _source("sugarcrepe", tmp_path)
     items = read_source(path, "sugarcrepe", images_root=root).items
     assert {(i.item_id, i.subset, i.type, i.subtype, i.split) for i in items} == {
-        ("replace_att/0", "replace_att", "replace", "att", "test"), ("replace_att/1", "replace_att", "replace", "att", "test"),
+        ("replace_att/0", "replace_att", "replace", "att", "test"),
+        ("replace_att/1", "replace_att", "replace", "att", "test"),
         ("swap_obj/0", "swap_obj", "swap", "obj", "test")}
 
 

@@ -61,7 +61,7 @@ def test_sigkill_then_rerun_completes_with_only_uncommitted_shards(source, tmp_p
     assert returncode == -signal.SIGKILL
     committed = {p: _read(p) for p in _parts(str(store)) + _parts(str(store), "texts")}
     space = open_store(store).space("vlcache-tiny")
-    planned = {kind: len(space.committed_shards(kind)) + len(space.pending_shards(kind)) for kind in ("images", "texts")}
+    planned = {k: len(space.committed_shards(k)) + len(space.pending_shards(k)) for k in ("images", "texts")}
     assert 0 < len(committed) < sum(planned.values())
 
     rerun = subprocess.run(_command(annotations, images, store, "--json"), capture_output=True, text=True, check=True)

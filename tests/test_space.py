@@ -39,7 +39,8 @@ def test_what_changes_the_numbers_changes_the_key(change):
 
 
 def test_provenance_does_not_change_the_key():
-    moved = dataclasses.replace(SPEC, versions={"open_clip": "3.3.1", "torch": "2.14.2"}, checkpoint_path="/new/place.pt")
+    moved = dataclasses.replace(SPEC, versions={"open_clip": "3.3.1", "torch": "2.14.2"},
+                                checkpoint_path="/new/place.pt")
     assert moved.key == SPEC.key
     assert SPEC.key.startswith("vit-b-32-")
 

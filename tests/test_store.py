@@ -7,8 +7,16 @@ import numpy as np
 import pytest
 from distributed import LocalCluster
 
-from cache_schemas import DatasetConflictError, StoreNotFoundError, UnknownDatasetError, UnknownSpaceError, open_store, verify
+from cache_schemas import (
+    DatasetConflictError,
+    StoreNotFoundError,
+    UnknownDatasetError,
+    UnknownSpaceError,
+    open_store,
+    verify,
+)
 from pipeline.cluster import ClusterConfig
+from trainer.run import evaluate_head
 
 from .conftest import run_extract
 
@@ -75,6 +83,10 @@ def test_extract_to_and_read_from_s3(s3_store, small_sugarcrepe, tmp_path):
     np.testing.assert_array_equal(space.read("image_global", rows), reference.read("image_global", rows))
     again = run_extract(annotations, "sugarcrepe", "sc", uri, images_root=images, storage_options=options)
     assert again.shards_run == 0
+    # The trainer streams from the same URL: a report as good as from the local copy.
+    remote_report = evaluate_head(uri, "sc", "global", str(tmp_path / "r"), storage_options=options)
+    local_report = evaluate_head(str(tmp_path / "local"), "sc", "global", str(tmp_path / "l"))
+    assert remote_report["caption_accuracy"] == local_report["caption_accuracy"]
 
 
 def test_an_existing_scheduler_runs_the_extraction(tmp_path, small_sugarcrepe):

@@ -71,8 +71,9 @@ def test_training_and_evaluation_run_without_any_encoder(swaps, tmp_path):
     common = ["--store", str(store_path), "--dataset", "train"]
     small = tmp_path / "small.json"
     small.write_text(json.dumps({**TINY_TFLOCAL, "train": {**TINY_TFLOCAL["train"], "steps": 3}}))
-    for args in (["train", *common, "--head", "tflocal", "--out", str(tmp_path / "run"), "--config", str(small), "--quiet"],
-                 ["eval", *common, "--head", "tflocal", "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "r")],
+    run = str(tmp_path / "run")
+    for args in (["train", *common, "--head", "tflocal", "--out", run, "--config", str(small), "--quiet"],
+                 ["eval", *common, "--head", "tflocal", "--checkpoint", run, "--out", str(tmp_path / "r")],
                  ["eval", *common, "--head", "maxsim", "--out", str(tmp_path / "m")]):
         result = subprocess.run([sys.executable, "-c", blocked, *args], capture_output=True, text=True)
         assert result.returncode == 0, result.stderr
@@ -90,9 +91,9 @@ def test_streaming_memory_stays_within_the_shuffle_buffer(swaps):
     seen = [next(batches).examples for _ in range(3)]  # tables and indexes are read once, up front
     start, _ = tracemalloc.get_traced_memory()
     peaks = []
-    for half in range(2):
+    for _ in range(2):  # the first half of the epoch, then the second
         tracemalloc.reset_peak()
-        seen += [next(batches).examples for _ in range(37)]
+        seen += [next(batches).examples for _batch in range(37)]
         peaks.append(tracemalloc.get_traced_memory()[1] - start)
     seen = np.concatenate(seen + [b.examples for b in batches])
     end, _ = tracemalloc.get_traced_memory()
@@ -124,8 +125,10 @@ def test_the_order_is_a_function_of_seed_and_epoch_and_resumes_mid_epoch(swaps):
     store_path, _ = swaps
     space = open_store(store_path).space("vlcache-tiny")
     examples = Examples.from_dataset(space, open_store(store_path).dataset("train"))
-    make = lambda seed, state=None: BatchLoader(space, examples, frozenset({"image.global", "text.global"}), 16,
-                                                shuffle_buffer=64, seed=seed, state=state or LoaderState())
+    def make(seed, state=None):
+        return BatchLoader(space, examples, frozenset({"image.global", "text.global"}), 16, shuffle_buffer=64,
+                           seed=seed, state=state or LoaderState())
+
     a, b, c = make(0).epoch_order(0), make(0).epoch_order(0), make(1).epoch_order(0)
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
     assert not all(np.array_equal(x, y) for x, y in zip(a, c))
@@ -164,7 +167,8 @@ def test_heads_score_pairs_and_the_defaults_fit_the_research_size():
     assert 10e6 <= build_head("tflocal", dims).n_parameters() <= 15e6
     assert build_head("global", dims).n_parameters() == 0
     images = {"patches": torch.randn(3, 49, 768), "global": torch.randn(3, 512)}
-    texts = {"tokens": torch.randn(4, 9, 512), "mask": torch.ones(4, 9, dtype=torch.bool), "global": torch.randn(4, 512)}
+    texts = {"tokens": torch.randn(4, 9, 512), "mask": torch.ones(4, 9, dtype=torch.bool),
+             "global": torch.randn(4, 512)}
     ii, ti = torch.tensor([0, 1, 2, 2]), torch.tensor([3, 2, 1, 0])
     for name in ("global", "maxsim", "global-mlp", "tflocal"):
         head = build_head(name, dims).eval()
@@ -181,7 +185,8 @@ def test_parameter_free_maxsim_is_the_mean_of_best_token_matches():
     dims = Dims(patches=2, patch_dim=2, text_dim=2, embed_dim=2, context_length=4)
     head = build_head("maxsim", dims, {"learnable": False})
     images = {"patches": torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])}
-    texts = {"tokens": torch.tensor([[[1.0, 0.0], [1.0, 1.0], [5.0, 5.0]]]), "mask": torch.tensor([[True, True, False]])}
+    texts = {"tokens": torch.tensor([[[1.0, 0.0], [1.0, 1.0], [5.0, 5.0]]]),
+             "mask": torch.tensor([[True, True, False]])}
     score = head.score(images, texts, torch.tensor([0]), torch.tensor([0]))
     torch.testing.assert_close(score, torch.tensor([(1.0 + 2 ** -0.5) / 2]))  # the padded token is ignored
 
@@ -195,9 +200,9 @@ def test_parameter_free_maxsim_is_the_mean_of_best_token_matches():
 def test_bad_input_is_refused_clearly(case, expected, swaps, tmp_path, capfd):
     store_path, config = swaps
     if case in ("no negatives", "other space"):
+        uris = sorted(open_store(store_path).space("vlcache-tiny").images()["uri"].to_pylist())[:40]
         (tmp_path / "plain.jsonl").write_text("".join(
-            json.dumps({"image": p, "caption": f"image {i}"}) + "\n"
-            for i, p in enumerate(sorted(open_store(store_path).space("vlcache-tiny").images()["uri"].to_pylist())[:40])))
+            json.dumps({"image": p, "caption": f"image {i}"}) + "\n" for i, p in enumerate(uris)))
     if case == "other space":  # the same content, extracted with another encoder spec
         run_extract(tmp_path / "plain.jsonl", "jsonl", "plain", tmp_path / "other",
                     request=EncoderRequest("vlcache-tiny", layer=0))
@@ -205,12 +210,14 @@ def test_bad_input_is_refused_clearly(case, expected, swaps, tmp_path, capfd):
     if case == "no negatives":
         run_extract(tmp_path / "plain.jsonl", "jsonl", "plain", tmp_path / "nonneg")
     args = {
-        "unknown dataset": ["train", "--store", str(store_path), "--dataset", "nope", "--head", "tflocal", "--out", str(tmp_path / "x")],
+        "unknown dataset": ["train", "--store", str(store_path), "--dataset", "nope", "--head", "tflocal",
+                            "--out", str(tmp_path / "x")],
         "no negatives": ["train", "--store", str(tmp_path / "nonneg"), "--dataset", "plain", "--head", "tflocal",
                          "--out", str(tmp_path / "x"), "--split", ""],
         "other space": ["eval", "--store", str(tmp_path / "other"), "--dataset", "plain", "--head", "tflocal",
                         "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "x")],
-        "untrained head": ["eval", "--store", str(store_path), "--dataset", "test", "--head", "tflocal", "--out", str(tmp_path / "x")],
+        "untrained head": ["eval", "--store", str(store_path), "--dataset", "test", "--head", "tflocal",
+                           "--out", str(tmp_path / "x")],
     }[case]
     capfd.readouterr()
     assert main(args) == 2

@@ -69,7 +69,8 @@ def has_checkpoint(run_dir: str) -> bool:
 def load(run_dir: str, with_optimizer: bool = False) -> Checkpoint:
     pointer = os.path.join(run_dir, POINTER)
     if not os.path.isfile(pointer):
-        raise CheckpointError(f"no checkpoint in {run_dir} ({POINTER} is missing); train a head with vlcache train first")
+        raise CheckpointError(f"no checkpoint in {run_dir} ({POINTER} is missing); "
+                              "train a head with vlcache train first")
     with open(pointer) as f:
         folder = os.path.join(run_dir, json.load(f)["latest"])
     with open(os.path.join(folder, "state.json")) as f:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import queue
 import threading
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
-from typing import Iterator
 
 import numpy as np
 import pyarrow.compute as pc
@@ -45,7 +45,7 @@ class Examples:
         return len(self.image)
 
     @classmethod
-    def from_dataset(cls, space: SpaceEmbeddings, dataset: DatasetTables, split: str | None = None) -> "Examples":
+    def from_dataset(cls, space: SpaceEmbeddings, dataset: DatasetTables, split: str | None = None) -> Examples:
         items = dataset.items
         if split is not None:
             splits = set(items["split"].to_pylist())
@@ -143,7 +143,7 @@ class Batch:
     negatives: torch.Tensor  # (B, K) hard negative captions, -1 = none
     negative_images: torch.Tensor  # (B, J) negative images, -1 = none
 
-    def to(self, device: torch.device) -> "Batch":
+    def to(self, device: torch.device) -> Batch:
         def move(x):
             if isinstance(x, dict):
                 return {k: move(v) for k, v in x.items()}
@@ -197,7 +197,8 @@ class BatchLoader:
             return [order[i:i + self.batch_size] for i in range(0, n, self.batch_size)]
         rng = np.random.default_rng([self.seed, epoch])
         chunk = self.examples.image // self.space.geometry.chunk_rows
-        stream = np.concatenate([rng.permutation(np.flatnonzero(chunk == c)) for c in rng.permutation(np.unique(chunk))])
+        groups = [np.flatnonzero(chunk == c) for c in rng.permutation(np.unique(chunk))]
+        stream = np.concatenate([rng.permutation(g) for g in groups])
         window = self.window_batches * self.batch_size
         order = np.concatenate([rng.permutation(stream[i:i + window]) for i in range(0, n, window)])
         usable = n - n % self.batch_size if n >= self.batch_size else n  # full batches only
@@ -229,7 +230,8 @@ class BatchLoader:
         ex = self.examples
         images = np.concatenate([ex.image[items], ex.negative_images[items].ravel()])
         texts = np.concatenate([ex.caption[items], ex.negatives[items].ravel()])
-        rows = WindowRows(self.space, self._arrays("image") + self._arrays("text"), images[images >= 0], texts[texts >= 0])
+        arrays = self._arrays("image") + self._arrays("text")
+        rows = WindowRows(self.space, arrays, images[images >= 0], texts[texts >= 0])
         self.chunk_reads.update(rows.chunk_reads)
         self.max_window_bytes = max(self.max_window_bytes, rows.nbytes)
         return rows

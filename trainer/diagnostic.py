@@ -92,7 +92,8 @@ def segment_embeddings(space: SpaceEmbeddings, dataset: DatasetTables) -> dict[s
     return out
 
 
-def diagnose(space: SpaceEmbeddings, dataset: DatasetTables, regions: Regions, split: str | None = None) -> dict[str, Any]:
+def diagnose(space: SpaceEmbeddings, dataset: DatasetTables, regions: Regions,
+             split: str | None = None) -> dict[str, Any]:
     """Evaluate structure-guided inference with the given regions, as a head's report."""
     examples = Examples.from_dataset(space, dataset, split)
     segments = segment_embeddings(space, dataset)

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from cache_schemas import DatasetTables, SpaceEmbeddings
 
@@ -89,8 +90,8 @@ def _caption_report(examples: Examples, order: np.ndarray, pos, neg) -> dict[str
     correct = metrics.caption_correct(pos[has], np.where(np.isfinite(neg[has]), neg[has], -np.inf))
     subsets = examples.subset[order][has]
     swap = np.array([str(s).startswith("swap") for s in subsets])
-    out = {"by_subset": metrics.grouped_mean(correct, list(subsets)), "macro": metrics.macro_mean(correct, list(subsets)),
-           "items": int(has.sum())}
+    out = {"by_subset": metrics.grouped_mean(correct, list(subsets)),
+           "macro": metrics.macro_mean(correct, list(subsets)), "items": int(has.sum())}
     if swap.any():
         out["swap"] = float(correct[swap].mean())
         out["swap_macro"] = metrics.macro_mean(correct[swap], list(subsets[swap]))
@@ -119,7 +120,7 @@ def _retrieval(loader: BatchLoader, head: Head, device: torch.device, k: int) ->
     text_to_image = image_of_item[first_item]
     image_global = torch.from_numpy(loader.space.read("image_global", image_rows)).float()
     text_global = torch.from_numpy(loader.space.read("text_global", text_rows)).float()
-    G = (torch.nn.functional.normalize(image_global, dim=-1) @ torch.nn.functional.normalize(text_global, dim=-1).T).numpy()
+    G = (F.normalize(image_global, dim=-1) @ F.normalize(text_global, dim=-1).T).numpy()
     if not head.pairwise:
         images = {"global": image_global.to(device)}
         texts = {"global": text_global.to(device)}
@@ -158,7 +159,8 @@ def markdown(report: dict[str, Any]) -> str:
         rows["macro (mean of subsets)"] = {"accuracy": acc["macro"]}
         if "swap" in acc:
             rows["swap subsets"] = {"accuracy": acc["swap"]}
-        lines += ["## Caption accuracy (positive above every negative)", "", metrics.markdown_table(rows, index_name="subset")]
+        lines += ["## Caption accuracy (positive above every negative)", "",
+                  metrics.markdown_table(rows, index_name="subset")]
     if "bivlc" in report:
         b = report["bivlc"]
         rows = {key: {name: b[name]["by_subtype"][key] for name in ("i2t", "t2i", "group")}

@@ -21,7 +21,7 @@ class Groups:
     text: torch.Tensor  # (G, C) indices into the batch's texts
     valid: torch.Tensor  # (G, C) bool
 
-    def to(self, device: torch.device) -> "Groups":
+    def to(self, device: torch.device) -> Groups:
         return Groups(self.image.to(device), self.text.to(device), self.valid.to(device))
 
 

@@ -8,9 +8,10 @@ import math
 import os
 import time
 import zlib
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import asdict
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm

@@ -26,11 +26,14 @@ def cli() -> None:
 @click.option("--format", "fmt", type=click.Choice(FORMATS), required=True, help="How to read SOURCE.")
 @click.option("--dataset", required=True, help="Name of the dataset in the store.")
 @click.option("--model", required=True, help="open_clip model name, e.g. ViT-B-32 or vlcache-tiny.")
-@click.option("--pretrained", default=None, help="Pretrained tag (e.g. openai) or local checkpoint path; random init if omitted.")
+@click.option("--pretrained", default=None,
+              help="Pretrained tag (e.g. openai) or local checkpoint path; random init if omitted.")
 @click.option("--store", "store_uri", required=True, help="Store path or fsspec URL (s3://bucket/store).")
-@click.option("--images-root", type=click.Path(file_okay=False), default=None, help="Folder that relative image paths are under.")
+@click.option("--images-root", type=click.Path(file_okay=False), default=None,
+              help="Folder that relative image paths are under.")
 @click.option("--split", default=None, help="Split for items whose source names none.")
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Local Dask workers (one per GPU).")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Local Dask workers (one per GPU).")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="Threads per local worker.")
 @click.option("--scheduler-address", default=None, help="Use an existing Dask scheduler instead of a local cluster.")
 @click.option("--slurm-jobs", type=click.IntRange(min=0), default=0, help="Start this many SLURM jobs (dask-jobqueue).")
@@ -51,7 +54,8 @@ def extract(source, fmt, dataset, model, pretrained, store_uri, images_root, spl
     """Encode SOURCE's unique images and texts into the store, once per encoder."""
     from pipeline.cluster import ClusterConfig
     from pipeline.encoder import EncoderRequest
-    from pipeline.extract import ExtractOptions, extract as run_extract
+    from pipeline.extract import ExtractOptions
+    from pipeline.extract import extract as run_extract
 
     request = EncoderRequest(model, pretrained, tuple(t.strip() for t in tokens.split(",") if t.strip()),
                              layer, projected, dtype)
@@ -122,7 +126,8 @@ def evaluate(store_uri, dataset, head, run_dir, out, space_key, split, device, r
 def diagnose(store_uri, dataset, sources, out, space_key, split) -> None:
     """Structure-guided inference: caption segments matched to image regions."""
     from cache_schemas import open_store
-    from trainer.diagnostic import Regions, diagnose as run_diagnose, pooled_regions
+    from trainer.diagnostic import Regions, pooled_regions
+    from trainer.diagnostic import diagnose as run_diagnose
     from trainer.evaluate import write_report
     from trainer.train import pick_space
 

@@ -97,7 +97,8 @@ def sweep(path: str, points: list[dict[str, Any]]) -> str:
         for row, key in enumerate(("swap", "swap group")):
             ax = axes[row][col]
             for method in methods:
-                ax.plot(labels, [100 * p["results"][method][split].get(key, np.nan) for p in points], marker="o", label=method)
+                values = [100 * p["results"][method][split].get(key, np.nan) for p in points]
+                ax.plot(labels, values, marker="o", label=method)
             ax.set(title=f"{name}: {key}, %", ylim=(0, 100))
             ax.tick_params(axis="x", rotation=20)
     axes[0][1].legend(fontsize=7)

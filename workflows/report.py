@@ -53,7 +53,8 @@ def verdicts(headlines: dict[str, dict[str, dict[str, float]]]) -> list[str]:
             f"{verdict}. On spatial relations it scores {_pc(h['relation'])} (chance 50%).")
     for split, name in SPLIT_NAMES.items():
         base = g[split]["hard swap"]
-        better = {m: h[split]["hard swap"] for m, h in headlines.items() if m != "global" and h[split]["hard swap"] > base}
+        better = {m: h[split]["hard swap"] for m, h in headlines.items()
+                  if m != "global" and h[split]["hard swap"] > base}
         if better:
             best = max(better, key=better.get)
             lines.append(f"- {name}, hard swaps: {len(better)} method(s) beat global cosine ({_pc(base)}); "
@@ -61,6 +62,17 @@ def verdicts(headlines: dict[str, dict[str, dict[str, float]]]) -> list[str]:
         else:
             lines.append(f"- {name}, hard swaps: no method beats global cosine ({_pc(base)}).")
     return lines
+
+
+def _sample_sizes(summary: dict[str, Any]) -> str:
+    """How many items the hard-swap figures rest on, and the noise that comes with so few."""
+    parts = []
+    for split, name in SPLIT_NAMES.items():
+        n = summary["world"].get(split, {}).get("swap_att_hard", 0)
+        p = summary["results"]["global"][split]["hard swap"]
+        error = 100 * np.sqrt(p * (1 - p) / n) if n else np.nan
+        parts.append(f"{n} {name} (one standard error about {error:.0f} points)")
+    return f"- Hard swaps are few: {' and '.join(parts)}; read their differences with that in mind."
 
 
 def _pc(value: float) -> str:
@@ -93,9 +105,9 @@ def markdown(summary: dict[str, Any], results: dict[str, dict[str, Any]], figure
         f"World: {world['min_objects']}-{world['max_objects']} objects per scene, attributes "
         f"{', '.join(world['attributes']) or 'none'} (+ shape), {world['image_size']} px, relations "
         f"{'on' if world['relations'] else 'off'}, seed {world['seed']}; {world['n_train']} training scenes, "
-        f"{world['n_test']} per test split. Encoder: `{summary['config']['pretrain']['model']}` pretrained from scratch "
-        "with the CLIP loss (no hard negatives), frozen. Heads were trained on the cached tensors only.", "",
-        "## What this run measured", "", *verdicts(headlines), "",
+        f"{world['n_test']} per test split. Encoder: `{summary['config']['pretrain']['model']}` pretrained from "
+        "scratch with the CLIP loss (no hard negatives), frozen. Heads were trained on the cached tensors only.", "",
+        "## What this run measured", "", *verdicts(headlines), _sample_sizes(summary), "",
         "## Accuracy (caption above its negative) and BiVLC group score, %", "",
         markdown_table(rows, [*columns, "encoder passes / image"]),
         "Attribute swap = mean of swap_att and swap_att_hard; hard swap = swap_att_hard alone (the two objects "
@@ -103,8 +115,9 @@ def markdown(summary: dict[str, Any], results: dict[str, dict[str, Any]], figure
         "swap_obj and replace_rel; group = BiVLC group score (both directions right, chance 1/6).", "",
     ]
     for split, name in SPLIT_NAMES.items():
-        subsets = sorted({k for by in results.values() for k in by[split].get("caption_accuracy", {}).get("by_subset", {})})
-        table = {m: {k: by[split]["caption_accuracy"]["by_subset"].get(k) for k in subsets} for m, by in results.items()}
+        accuracy = {m: by[split].get("caption_accuracy", {}).get("by_subset", {}) for m, by in results.items()}
+        subsets = sorted({k for by_subset in accuracy.values() for k in by_subset})
+        table = {m: {k: by_subset.get(k) for k in subsets} for m, by_subset in accuracy.items()}
         lines += [f"### {name}: accuracy by subset, %", "", markdown_table(table, subsets)]
     lines += [f"![{os.path.splitext(os.path.basename(f))[0]}]({f})" for f in figures]
     timings = ", ".join(f"{k} {v:.0f}s" for k, v in summary["timings"].items())

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
-from typing import Callable
 
-from .base import RawDataset, RawItem
 from . import bivlc, coco, folder, sugarcrepe, tabular
+from .base import RawDataset, RawItem
 
 Reader = Callable[[str, "str | None", "str | None"], RawDataset]
 

@@ -4,8 +4,8 @@ their captions by text. Hashing and dedup happen later, once, for every format."
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from cache_schemas import InvalidSourceError
 

@@ -9,7 +9,8 @@ against --images-root, or the table's own folder."""
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.csv

@@ -22,7 +22,7 @@ class Dims:
     context_length: int
 
     @classmethod
-    def of(cls, space: EmbeddingSpace) -> "Dims":
+    def of(cls, space: EmbeddingSpace) -> Dims:
         return cls(space.dims["patches"], space.token_dim, space.text_token_dim, space.dims["embed_dim"],
                    space.context_length)
 

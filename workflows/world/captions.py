@@ -7,10 +7,10 @@ what makes an added object (add_obj) or a changed count false."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from itertools import combinations, permutations
-from typing import Iterable
 
 import numpy as np
 
@@ -76,7 +76,7 @@ def reference(scene: Scene, k: int, said: tuple[str, ...]) -> Description | None
     return None
 
 
-@lru_cache(maxsize=None)
+@cache
 def _reference_choices(said: tuple[str, ...]) -> list[tuple[str, ...]]:
     subsets = [s for n in range(len(said) + 1) for s in combinations(said, n)]
     return sorted(subsets, key=lambda s: ("colour" not in s, len(s)))

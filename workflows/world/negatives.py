@@ -10,9 +10,9 @@ of a pair of identical objects there are."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from itertools import combinations
-from typing import Callable, Iterator
 
 import numpy as np
 

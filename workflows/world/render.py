@@ -3,8 +3,8 @@ and texture. Masks are cached by (shape, texture, cell side), so a scene costs a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
-from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageDraw
