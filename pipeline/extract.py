@@ -18,7 +18,7 @@ import pyarrow as pa
 from distributed import Client, as_completed
 from tqdm.auto import tqdm
 
-from cache_schemas import DatasetTables, Geometry, SpaceEmbeddings, Store, VlcacheError, open_store, text_hash
+from cache_schemas import DatasetTables, Geometry, SpaceEmbeddings, VlcacheError, open_store, text_hash
 from cache_schemas import tables as schema
 
 from .cluster import ClusterConfig, dask_client
@@ -91,7 +91,8 @@ def extract(source: str, fmt: str, dataset: str, encoder: EncoderRequest, store_
         present = {k: _present(space, k, registered) for k in ("images", "texts")}
         interrupted = {k: set(space.pending_shards(k)) for k in ("images", "texts")}
         plan_new_content(space, registered, TextTokenizer(spec.model).count, retry_failed=options.retry_failed)
-        results = _encode(client, store, space, encoder.pretrained, cluster, options)
+        # Workers get the checkpoint's absolute path: their working folder may not be ours.
+        results = _encode(client, space, spec.checkpoint_path or encoder.pretrained, cluster, options)
     resumed = sum(r.shard in interrupted[r.kind] for r in results)
     return Summary(
         dataset=dataset, space=space.key, items=registered.items.num_rows,
@@ -149,11 +150,11 @@ def _present(space: SpaceEmbeddings, kind: str, dataset: DatasetTables) -> int:
     return sum(h in have for h in content["hash"].to_pylist())
 
 
-def _encode(client: Client, store: Store, space: SpaceEmbeddings, pretrained: str | None,
-            cluster: ClusterConfig, options: ExtractOptions) -> list[ShardResult]:
+def _encode(client: Client, space: SpaceEmbeddings, pretrained: str | None, cluster: ClusterConfig,
+            options: ExtractOptions) -> list[ShardResult]:
     """Run every planned shard that has not committed."""
     plans = {kind: pending_work(space, kind) for kind in ("images", "texts")}
-    tasks = [ShardTask(store.location, space.key, kind, shard, rows, pretrained, options.device,
+    tasks = [ShardTask(space.location, space.key, kind, shard, rows, pretrained, options.device,
                        options.batch_size, cluster.torch_threads())
              for kind in ("images", "texts") for shard, rows in plans[kind]]
     results: list[ShardResult] = []
