@@ -93,6 +93,8 @@ def run_demo(out: str, config: DemoConfig = DemoConfig(), progress: bool = True,
     results: dict[str, dict[str, Any]] = {}
     with log("zero-shot global cosine and the diagnostic"):
         results.update(_untrained_methods(store, config))
+    if progress:  # the first answer, before any head is trained
+        print("\n".join(demo_report.encoder_verdicts(_headline(results)["global"])).replace("**", ""), flush=True)
     with log("train heads"):
         curves = _train_heads(out, store, config, progress, results)
     summary = {"config": _jsonable(config), "results": _headline(results), "timings": timings,

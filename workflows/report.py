@@ -39,7 +39,11 @@ def _mean(by_subset: dict[str, float], names: tuple[str, ...]) -> float:
 
 def verdicts(headlines: dict[str, dict[str, dict[str, float]]]) -> list[str]:
     """What the numbers say, in sentences; computed, so they stay true whatever the run measured."""
-    g = headlines["global"]
+    return encoder_verdicts(headlines["global"]) + _comparisons(headlines)
+
+
+def encoder_verdicts(g: dict[str, dict[str, float]]) -> list[str]:
+    """Whether the frozen encoder's global cosine is bag-of-words-like on swaps, per test split."""
     lines = []
     for split, name in SPLIT_NAMES.items():
         h = g[split]
@@ -51,16 +55,21 @@ def verdicts(headlines: dict[str, dict[str, dict[str, float]]]) -> list[str]:
             f"- {name}: the frozen encoder's global cosine scores {_pc(h['attribute swap'])} on attribute swaps "
             f"({_pc(h['hard swap'])} on hard swaps) against {_pc(h['replace'])} on replaced or added content: "
             f"{verdict}. On spatial relations it scores {_pc(h['relation'])} (chance 50%).")
+    return lines
+
+
+def _comparisons(headlines: dict[str, dict[str, dict[str, float]]]) -> list[str]:
+    """Per split, which methods beat global cosine on attribute swaps and on hard swaps."""
+    lines = []
     for split, name in SPLIT_NAMES.items():
-        base = g[split]["hard swap"]
-        better = {m: h[split]["hard swap"] for m, h in headlines.items()
-                  if m != "global" and h[split]["hard swap"] > base}
-        if better:
-            best = max(better, key=better.get)
-            lines.append(f"- {name}, hard swaps: {len(better)} method(s) beat global cosine ({_pc(base)}); "
-                         f"the best is {best} at {_pc(better[best])}.")
-        else:
-            lines.append(f"- {name}, hard swaps: no method beats global cosine ({_pc(base)}).")
+        parts = []
+        for key in ("attribute swap", "hard swap"):
+            base = headlines["global"][split][key]
+            others = ((h[split][key], m) for m, h in headlines.items() if m != "global")
+            better = sorted(((v, m) for v, m in others if v > base), reverse=True)
+            beaten = ", ".join(f"{m} ({_pc(v)})" for v, m in better) or "no method"
+            parts.append(f"on {key}s, {beaten} beat{'s' if len(better) < 2 else ''} global cosine ({_pc(base)})")
+        lines.append(f"- {name}: {'; '.join(parts)}.")
     return lines
 
 
