@@ -146,11 +146,6 @@ class SpaceEmbeddings:
             out[kind] = pa.concat_tables(parts) if parts else PART_SCHEMAS[kind].empty_table()
         return out
 
-    def refresh(self) -> None:
-        """Forget cached tables, to see shards committed since they were read."""
-        for name in ("_parts", "_row_index", "_token_index"):
-            self.__dict__.pop(name, None)
-
     # -- the read API's tables ------------------------------------------------------------------
 
     def images(self) -> pa.Table:

@@ -68,10 +68,6 @@ class Examples:
     def has_negative_captions(self) -> bool:
         return bool((self.negatives >= 0).any())
 
-    @property
-    def has_negative_images(self) -> bool:
-        return bool((self.negative_images >= 0).any())
-
 
 def _padded_rows(space: SpaceEmbeddings, kind: str, lists: list[list[str]]) -> np.ndarray:
     width = max((len(x) for x in lists), default=0)
