@@ -58,7 +58,7 @@ def weights_id(model: str, pretrained: str | None) -> str:
     if pretrained is None:
         return f"random:{RANDOM_SEED}"
     if os.path.isfile(pretrained):
-        return f"sha256:{_file_sha256(pretrained)}"
+        return f"sha256:{file_sha256(pretrained)}"
     if open_clip.get_pretrained_cfg(model, pretrained):
         return f"pretrained:{pretrained}"
     tags = open_clip.list_pretrained_tags_by_model(model)
@@ -141,7 +141,7 @@ def _dims(model: torch.nn.Module) -> dict[str, int]:
             "embed_dim": int(model.visual.output_dim)}
 
 
-def _file_sha256(path: str) -> str:
+def file_sha256(path: str) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

@@ -87,3 +87,18 @@ def test_context_fits_five_object_captions(tmp_path: str) -> None:
 def test_invalid_configs_name_the_problem(kwargs: dict, message: str) -> None:
     with pytest.raises(PretrainConfigError, match=message):
         PretrainConfig(**kwargs)
+
+
+def test_demo_reuses_an_encoder_only_for_the_same_train_split(train_jsonl: str, tmp_path: str) -> None:
+    from workflows.demo import _pretrained_encoder
+
+    out = str(tmp_path)
+    path = _pretrained_encoder(out, train_jsonl, FEW_STEPS, progress=False)
+    made = os.stat(path).st_mtime_ns
+    assert _pretrained_encoder(out, train_jsonl, FEW_STEPS, progress=False) == path
+    assert os.stat(path).st_mtime_ns == made
+    fewer = os.path.join(os.path.dirname(train_jsonl), "fewer.jsonl")  # beside the images it names
+    with open(train_jsonl, encoding="utf-8") as src, open(fewer, "w", encoding="utf-8") as dst:
+        dst.writelines(src.readlines()[:-1])
+    _pretrained_encoder(out, fewer, FEW_STEPS, progress=False)
+    assert os.stat(path).st_mtime_ns != made

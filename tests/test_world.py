@@ -262,6 +262,17 @@ def test_world_without_relations_or_holdout(tmp_path: str) -> None:
     assert len(read_source(result["jsonl"]["train"], "bivlc").items) == 30
 
 
+def test_hard_swaps_share_builds_scenes_for_them(tmp_path: str) -> None:
+    """Scenes built for a hard swap make most swap items hard; without them random scenes make few."""
+    def hard_share(share: float) -> float:
+        out = str(tmp_path / str(share))
+        generate(out, dataclasses.replace(SMALL, n_train=120, n_test=2, hard_swaps=share))
+        swaps = [r["subset"] for r in rows(out, "train") if r["subset"].startswith("swap_att")]
+        return np.mean([s == "swap_att_hard" for s in swaps])
+
+    assert hard_share(1.0) > 0.8 and hard_share(0.0) < 0.5
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"image_size": 32}, "image_size must be in 64..160"),
     ({"min_objects": 1}, "min_objects"),
@@ -272,6 +283,7 @@ def test_world_without_relations_or_holdout(tmp_path: str) -> None:
     ({"negatives": ("swap_att", "swap_att")}, "duplicates"),
     ({"relations": False}, "need relations=True"),
     ({"holdout": 0.75}, r"holdout must be in \[0, 0.5\]"),
+    ({"hard_swaps": 1.5}, r"hard_swaps must be in \[0, 1\]"),
     ({"attributes": ("size",)}, "holdout > 0 needs 'colour'"),
     ({"seed": 1.5}, "seed: expected integers"),
     ({"colours": ("red", "blue"), "shapes": ("circle", "square"), "attributes": ("colour",), "holdout": 0.5},

@@ -19,7 +19,7 @@ from typing import Any
 
 from cache_schemas import open_store
 from pipeline.cluster import ClusterConfig, dask_client
-from pipeline.encoder import EncoderRequest
+from pipeline.encoder import EncoderRequest, file_sha256
 from pipeline.extract import ExtractOptions, extract
 from pipeline.regions import crop_regions, encoder_for
 from trainer.diagnostic import Regions, diagnose, pooled_regions
@@ -137,12 +137,13 @@ def _label(changes: dict[str, Any]) -> str:
 
 def _pretrained_encoder(out: str, train_jsonl: str, config: PretrainConfig, progress: bool) -> str:
     """The world's encoder checkpoint, reused when this run folder already trained one with this config
-    (pretraining is the demo's longest stage)."""
+    on the same train split (pretraining is the demo's longest stage)."""
     path = os.path.join(out, "encoder.pt")
     if os.path.exists(path) and os.path.exists(path + ".json"):
         with open(path + ".json") as f:
-            if json.load(f).get("config") == dataclasses.asdict(config):
-                return path
+            made = json.load(f)
+        if made.get("config") == dataclasses.asdict(config) and made.get("train_sha256") == file_sha256(train_jsonl):
+            return path
     pretrain(train_jsonl, path, config, progress=progress)
     return path
 

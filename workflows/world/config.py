@@ -44,6 +44,9 @@ class WorldConfig:
     relations: bool = True
     holdout: float = 0.25  # fraction of colour-shape combinations kept out of train and test_id
     negatives: tuple[str, ...] = NEGATIVE_KINDS
+    # Share of swap_att items whose scene is built for a hard swap (two objects alike in all but shape
+    # and the swapped attribute: binding alone). Random scenes make few, too few to measure.
+    hard_swaps: float = 0.5
     # Also write each row an "alt_text": web alt-text style, naming only some objects and only some
     # of their attributes, with no relation; for pretraining a CLIP on looser text than the captions.
     alt_text: bool = False
@@ -92,6 +95,8 @@ def _problems(c: WorldConfig) -> list[str]:
         *_vocab_checks("negatives", c.negatives, NEGATIVE_KINDS, minimum=1),
         (isinstance(c.relations, bool), f"relations must be True or False, got {c.relations!r}"),
         (isinstance(c.alt_text, bool), f"alt_text must be True or False, got {c.alt_text!r}"),
+        (isinstance(c.hard_swaps, (int, float)) and 0 <= c.hard_swaps <= 1,
+         f"hard_swaps must be in [0, 1], got {c.hard_swaps!r}"),
         (isinstance(c.holdout, (int, float)) and 0 <= c.holdout <= 0.5,
          f"holdout must be in [0, 0.5], got {c.holdout!r}"),
     ]

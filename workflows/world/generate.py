@@ -21,8 +21,9 @@ from .render import render
 from .scene import Pools, Scene, make_pools, sample_scene
 
 SPLITS = ("train", "test_id", "test_ood")
-VERSION = 1  # bump when the same config would write different files
+VERSION = 2  # bump when the same config would write different files
 SCENE_TRIES = 50  # scenes drawn for one item before the world is declared unable to make it
+HARD_TRIES = 20  # of those, built for a hard swap before settling for any negative
 
 
 def generate(out_dir: str, config: WorldConfig = WorldConfig()) -> dict[str, Any]:
@@ -53,9 +54,10 @@ def _write_split(out_dir: str, split: str, n: int, config: WorldConfig, pools: P
 
 def _item(out_dir: str, split: str, index: int, config: WorldConfig, pools: Pools) -> dict[str, Any]:
     """One scene, its caption and its negative: two PNGs written, the JSONL row returned."""
-    rng = np.random.default_rng([config.seed, SPLITS.index(split) + 1, index])
+    rng = _stream(config, split, index)
     kind = config.negatives[index % len(config.negatives)]  # round-robin keeps the kinds balanced
-    scene, caption, negative = _sample(rng, config, pools, split == "test_ood", kind)
+    hard = kind == "swap_att" and _stream(config, split, index, 2).random() < config.hard_swaps
+    scene, caption, negative = _sample(rng, config, pools, split == "test_ood", kind, hard)
     stem = f"images/{split}/{index:06d}"
     image, negative_image = f"{stem}.png", f"{stem}_neg.png"
     render(scene, config.image_size).save(os.path.join(out_dir, image))
@@ -70,21 +72,29 @@ def _item(out_dir: str, split: str, index: int, config: WorldConfig, pools: Pool
         "scene": _objects(scene), "negative_scene": _objects(negative.scene),
     }
     if config.alt_text:  # its own random stream, so the rest of the row is the same either way
-        loose = alt_text(np.random.default_rng([config.seed, SPLITS.index(split) + 1, index, 1]), caption)
+        loose = alt_text(_stream(config, split, index, 1), caption)
         row["alt_text"] = text(loose)
     return row
 
 
+def _stream(config: WorldConfig, split: str, index: int, *side: int) -> np.random.Generator:
+    """The item's random stream; `side` streams draw optional choices without shifting the main one."""
+    return np.random.default_rng([config.seed, SPLITS.index(split) + 1, index, *side])
+
+
 def _sample(rng: np.random.Generator, config: WorldConfig, pools: Pools, ood: bool,
-            kind: str) -> tuple[Scene, Caption, Negative]:
-    for _ in range(SCENE_TRIES):
-        scene = sample_scene(rng, config, pools, ood, twins=kind == "count")
+            kind: str, hard: bool) -> tuple[Scene, Caption, Negative]:
+    """A scene, its caption and a negative of `kind` (or the next kind that fits); a hard swap when
+    `hard`, unless HARD_TRIES scenes built for one all fail the negative's checks."""
+    for attempt in range(SCENE_TRIES):
+        want_hard = hard and attempt < HARD_TRIES
+        scene = sample_scene(rng, config, pools, ood, twins=kind == "count", hard_pair=want_hard)
         p = plan(rng, scene, config)
         caption = caption_for(scene, p, config)
         if caption is None or judge(caption, scene, config.image_size) is not True:  # plan() picks true relations
             raise RuntimeError(f"internal error: a planned caption is false of its scene {scene}")
         negative = find_negative(Context(rng, scene, p, config, pools, ood), caption, kind)
-        if negative is not None:
+        if negative is not None and (negative.subset == "swap_att_hard" or not want_hard):
             return scene, caption, negative
     raise RuntimeError(f"no negative of kinds {list(config.negatives)} fits {SCENE_TRIES} scenes "
                        f"of this world; allow more kinds in WorldConfig.negatives")

@@ -28,8 +28,8 @@ from PIL import Image
 from torchvision import transforms
 from tqdm import tqdm
 
-import pipeline.encoder  # noqa: F401  registers the vlcache model configs with open_clip
 from cache_schemas import VlcacheError
+from pipeline.encoder import file_sha256  # also registers the vlcache model configs with open_clip
 
 MAX_LOGIT_SCALE = math.log(100)  # open_clip_train's clamp: keeps the temperature from collapsing
 
@@ -87,7 +87,8 @@ def pretrain(train_jsonl: str, out_path: str, config: PretrainConfig = PretrainC
     stats = {"steps": config.steps, "seconds": round(seconds, 1), "final_loss": float(np.mean(losses[-20:])),
              "n_pairs": len(data.tokens), "params": sum(p.numel() for p in model.parameters())}
     with open(f"{out_path}.json", "w", encoding="utf-8") as f:
-        json.dump({"config": asdict(config), "train_jsonl": os.path.abspath(train_jsonl), "stats": stats}, f, indent=2)
+        json.dump({"config": asdict(config), "train_jsonl": os.path.abspath(train_jsonl),
+                   "train_sha256": file_sha256(train_jsonl), "stats": stats}, f, indent=2)
     return {**stats, "losses": losses}
 
 

@@ -119,16 +119,29 @@ def held_out_combos(config: WorldConfig) -> tuple[tuple[str, str], ...]:
     return tuple(rest[i] for i in picked)
 
 
-def sample_scene(rng: np.random.Generator, config: WorldConfig, pools: Pools, ood: bool, twins: bool) -> Scene:
-    """Objects of distinct looks, but for one identical pair when `twins`; an OOD scene's first
-    object has a held-out combination. Those come first, so placement never drops them."""
+def sample_scene(rng: np.random.Generator, config: WorldConfig, pools: Pools, ood: bool, twins: bool = False,
+                 hard_pair: bool = False) -> Scene:
+    """Objects of distinct looks, but for one identical pair when `twins`, or one pair alike in all
+    but shape and one attribute when `hard_pair` (what a hard swap needs; random looks seldom make
+    one). An OOD scene's first object has a held-out combination. The pair and the OOD object come
+    first, so placement never drops them."""
     n = int(rng.integers(config.min_objects, config.max_objects + 1))
     first = [pools.unseen[rng.integers(len(pools.unseen))]] if ood else []
     pool = [lk for lk in (pools.seen + pools.unseen if ood else pools.seen) if lk not in first]
     looks = first + [pool[i] for i in rng.choice(len(pool), size=n - len(first) - int(twins), replace=False)]
     if twins:
         looks.insert(1, looks[0])
+    elif hard_pair:
+        partners = [lk for lk in pool if lk not in looks and _differ_in_one(looks[0], lk, config.attributes)]
+        if partners:
+            looks[1] = partners[rng.integers(len(partners))]
     return place(rng, looks, config.image_size)
+
+
+def _differ_in_one(a: Look, b: Look, attributes: tuple[str, ...]) -> bool:
+    """Different shapes, and exactly one of the captioned `attributes` different."""
+    shape = FIELDS.index("shape")
+    return a[shape] != b[shape] and sum(a[FIELDS.index(f)] != b[FIELDS.index(f)] for f in attributes) == 1
 
 
 def place(rng: np.random.Generator, looks: list[Look], image_size: int) -> Scene:
