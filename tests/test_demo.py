@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from workflows.demo import DemoConfig, run_demo
+from workflows.demo import DemoConfig, run_demo, run_sweep
 
 pytestmark = pytest.mark.slow
 
@@ -47,3 +47,21 @@ def test_the_report_states_the_outcome_for_every_method(two_runs):
     for figure in ("by_type.png", "training.png", "examples.png"):
         assert os.path.getsize(a / figure) > 10_000 and f"({figure})" in report
     assert json.loads((a / "report.json").read_text())["reports"]["tflocal"]["test_ood"]["head"] == "tflocal"
+
+
+def test_sweep_reports_every_point_for_every_method(tmp_path):
+    points = ({"min_objects": 2, "max_objects": 2}, {"min_objects": 3, "max_objects": 3, "attributes": ("colour",)})
+    results = run_sweep(str(tmp_path), dataclasses.replace(_toy(), crop_styles=()), points, progress=False)
+    assert [p["label"] for p in results] == ["2 objects", "3 objects, colour"]
+    two, colour = (json.loads((tmp_path / d / "world" / "world.json").read_text())["config"]
+                   for d in ("2-objects", "3-objects-colour"))
+    assert two["max_objects"] == 2 and colour["max_objects"] == 3 and colour["attributes"] == ["colour"]
+    sweep = (tmp_path / "sweep.md").read_text()
+    for name in ("in-domain", "out-of-domain"):
+        assert f"## {name}: global cosine against the best other method" in sweep
+        assert f"## {name}: hard swap, %" in sweep
+    for method in results[0]["results"]:
+        rows = [line for line in sweep.splitlines() if line.startswith(f"| {method} |")]
+        assert len(rows) == 6  # a row in each split's three tables
+    assert os.path.getsize(tmp_path / "sweep.png") > 10_000
+    assert json.loads((tmp_path / "sweep.json").read_text())[1]["world"]["test_id"]["total"] == 24

@@ -124,7 +124,7 @@ def run_sweep(out: str, config: DemoConfig = DemoConfig(), points: tuple[dict[st
         point = dataclasses.replace(config, world=dataclasses.replace(config.world, **changes))
         summary = run_demo(os.path.join(out, label.replace(" ", "-").replace(",", "")), point, progress, plots=False)
         results.append({"label": label, "changes": changes, "results": summary["results"],
-                        "seconds": summary["seconds"]})
+                        "world": summary["world"], "seconds": summary["seconds"]})
     demo_report.write_sweep(out, results)
     return results
 

@@ -88,13 +88,13 @@ def example_scenes(path: str, results: dict[str, dict[str, Any]], world_dir: str
     return _save(fig, path)
 
 
-def sweep(path: str, points: list[dict[str, Any]]) -> str:
-    """Swap accuracy and swap group score against scene complexity, one line per method."""
-    fig, axes = plt.subplots(2, 2, figsize=(13, 8), sharex=True)
+def sweep(path: str, points: list[dict[str, Any]], keys: tuple[str, ...]) -> str:
+    """Each headline in `keys` against scene complexity, one line per method, a column per split."""
+    fig, axes = plt.subplots(len(keys), 2, figsize=(13, 4 * len(keys)), sharex=True, squeeze=False)
     labels = [p["label"] for p in points]
     methods = list(points[0]["results"])
     for col, (split, name) in enumerate(SPLITS.items()):
-        for row, key in enumerate(("swap", "swap group")):
+        for row, key in enumerate(keys):
             ax = axes[row][col]
             for method in methods:
                 values = [100 * p["results"][method][split].get(key, np.nan) for p in points]

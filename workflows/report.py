@@ -134,6 +134,9 @@ def markdown(summary: dict[str, Any], results: dict[str, dict[str, Any]], figure
     return "\n".join(lines)
 
 
+SWEEP_KEYS = ("attribute swap", "hard swap", "swap group")
+
+
 def write_sweep(out: str, points: list[dict[str, Any]]) -> None:
     """sweep.json, sweep.md and sweep.png: each method's swap scores against scene complexity."""
     import matplotlib
@@ -144,15 +147,33 @@ def write_sweep(out: str, points: list[dict[str, Any]]) -> None:
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "sweep.json"), "w") as f:
         json.dump(points, f, indent=2, default=float)
-    figure = os.path.relpath(plots.sweep(os.path.join(out, "sweep.png"), points), out)
-    lines = ["# vlcache demo sweep: where does global cosine break?", ""]
+    figure = os.path.relpath(plots.sweep(os.path.join(out, "sweep.png"), points, SWEEP_KEYS), out)
+    lines = ["# vlcache demo sweep: where does global cosine break?", "",
+             "Each point is the demo at about half its size, one knob changed (see `sweep.json`).", ""]
     for split, name in SPLIT_NAMES.items():
-        for key in ("swap", "hard swap", "swap group"):
+        lines += [f"## {name}: global cosine against the best other method", "", _sweep_summary(points, split)]
+    for split, name in SPLIT_NAMES.items():
+        for key in SWEEP_KEYS:
             rows = {m: {p["label"]: p["results"][m][split].get(key) for p in points} for m in points[0]["results"]}
             lines += [f"## {name}: {key}, %", "", markdown_table(rows, [p["label"] for p in points])]
     lines += [f"![sweep]({figure})", ""]
     with open(os.path.join(out, "sweep.md"), "w") as f:
         f.write("\n".join(lines))
+
+
+def _sweep_summary(points: list[dict[str, Any]], split: str) -> str:
+    """Per point: how far global cosine trails on attribute swaps, and the best other method there."""
+    rows = {}
+    for p in points:
+        g = p["results"]["global"][split]
+        best = max((m for m in p["results"] if m != "global"), key=lambda m: p["results"][m][split]["attribute swap"])
+        best_value = p["results"][best][split]["attribute swap"]
+        hard = p.get("world", {}).get(split, {}).get("swap_att_hard")
+        rows[p["label"]] = {"global attribute swap": g["attribute swap"], "global replace": g["replace"],
+                            "gap, points": f"{100 * (g['replace'] - g['attribute swap']):.1f}",
+                            "best other method": best, "its attribute swap": best_value,
+                            "hard swaps (n)": "-" if hard is None else str(hard)}
+    return markdown_table(rows, index_name="point")
 
 
 def _plots(out: str, headlines, results, curves, world_dir: str) -> list[str]:
