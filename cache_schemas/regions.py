@@ -4,9 +4,21 @@ the dataset's own boxes when it has them, else a multi-scale grid. Shared by bot
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 GRID = (1, 2, 3)  # the whole image, then 2x2 and 3x3 cells
+
+
+@dataclass(frozen=True)
+class Regions:
+    """L2-normalised region embeddings per image hash, from one source, and what they cost in
+    encoder passes per image (the extraction pass included)."""
+
+    by_hash: dict[str, np.ndarray]  # hash -> (R, E)
+    passes_per_image: float
+    source: str
 
 
 def region_boxes(width: int, height: int, boxes: list | None) -> np.ndarray:

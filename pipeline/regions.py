@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from cache_schemas import DatasetTables, SpaceEmbeddings, VlcacheError
-from cache_schemas.regions import region_boxes
+from cache_schemas.regions import Regions, region_boxes
 
 from .encoder import Encoder
 from .images import ImageError, decode, read_bytes
@@ -33,11 +33,9 @@ def encoder_for(space: SpaceEmbeddings, device: str = "cpu") -> Encoder:
     return Encoder(space.spec, pretrained, device)
 
 
-def crop_regions(encoder: Encoder, dataset: DatasetTables, style: str = "canvas",
-                 batch_size: int = 64) -> tuple[dict[str, np.ndarray], float]:
+def crop_regions(encoder: Encoder, dataset: DatasetTables, style: str = "canvas", batch_size: int = 64) -> Regions:
     """Per image hash, the L2-normalised global embeddings of its crops (R, E), one per region of
-    `cache_schemas.regions.region_boxes`; and the encoder passes spent per image on them (on top of
-    the one pass that extraction already made)."""
+    `cache_schemas.regions.region_boxes`; they cost one encoder pass per crop on top of extraction's."""
     if style not in CROP_STYLES:
         raise VlcacheError(f"unknown crop style {style!r}; styles: {', '.join(CROP_STYLES)}")
     fill = tuple(int(255 * m) for m in encoder.space.preprocess["mean"])  # normalises to zero
@@ -58,7 +56,7 @@ def crop_regions(encoder: Encoder, dataset: DatasetTables, style: str = "canvas"
         for owner, embedding in zip(owners[start:start + batch_size], embeddings):
             regions[owner].append(embedding)
     by_hash = {h: np.stack(e) for h, e in regions.items() if e}
-    return by_hash, len(crops) / max(1, len(by_hash))
+    return Regions(by_hash, 1 + len(crops) / max(1, len(by_hash)), f"crops ({style})")
 
 
 def _crop(picture: Image.Image, box: np.ndarray, style: str, fill: tuple[int, ...]) -> Image.Image:

@@ -10,7 +10,7 @@ from cache_schemas import VlcacheError, open_store, text_hash
 from cache_schemas.regions import region_boxes
 from pipeline.encoder import Encoder, EncoderRequest, describe
 from pipeline.regions import _crop, crop_regions, encoder_for
-from trainer.diagnostic import Regions, diagnose, patch_weights, pooled_regions, to_input_frame
+from trainer.diagnostic import diagnose, patch_weights, pooled_regions, to_input_frame
 from workflows.world import WorldConfig, generate
 
 from .conftest import run_extract
@@ -87,12 +87,13 @@ def test_diagnostic_scores_are_the_mean_of_best_segment_matches(world_store):
 
 def test_crops_cost_one_encoder_pass_per_region(world_store):
     space, dataset = world_store
-    by_hash, passes = crop_regions(encoder_for(space), dataset, "canvas")
+    regions = crop_regions(encoder_for(space), dataset, "canvas")
     boxes = {i["hash"]: len(i["boxes"]) for i in dataset.images.to_pylist()}
-    assert {h: len(r) for h, r in by_hash.items()} == boxes
-    assert passes == pytest.approx(np.mean(list(boxes.values())))
-    report = diagnose(space, dataset, Regions(by_hash, 1 + passes, "crops"))
+    assert {h: len(r) for h, r in regions.by_hash.items()} == boxes
+    assert regions.passes_per_image == pytest.approx(1 + np.mean(list(boxes.values())))  # extraction's pass too
+    report = diagnose(space, dataset, regions)
     assert 0 <= report["caption_accuracy"]["by_subset"]["all"] <= 1
+    assert report["head"] == "diagnostic, crops (canvas)"
 
 
 def test_pooling_raw_tokens_needs_a_projected_space(tmp_path, world_store):

@@ -196,6 +196,7 @@ def test_parameter_free_maxsim_is_the_mean_of_best_token_matches():
     ("no negatives", "has no negative captions, and tflocal trains on hard negatives"),
     ("other space", "checkpoint was trained on embedding space vlcache-tiny-"),
     ("untrained head", "must be trained first: pass --checkpoint"),
+    ("mistyped setting", "train setting steps must be int, got '10'"),
 ])
 def test_bad_input_is_refused_clearly(case, expected, swaps, tmp_path, capfd):
     store_path, config = swaps
@@ -209,6 +210,7 @@ def test_bad_input_is_refused_clearly(case, expected, swaps, tmp_path, capfd):
         train(str(store_path), "train", "tflocal", str(tmp_path / "run"), config_path=str(config), progress=False)
     if case == "no negatives":
         run_extract(tmp_path / "plain.jsonl", "jsonl", "plain", tmp_path / "nonneg")
+    (tmp_path / "typo.json").write_text(json.dumps({"train": {"steps": "10"}}))
     args = {
         "unknown dataset": ["train", "--store", str(store_path), "--dataset", "nope", "--head", "tflocal",
                             "--out", str(tmp_path / "x")],
@@ -218,6 +220,8 @@ def test_bad_input_is_refused_clearly(case, expected, swaps, tmp_path, capfd):
                         "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "x")],
         "untrained head": ["eval", "--store", str(store_path), "--dataset", "test", "--head", "tflocal",
                            "--out", str(tmp_path / "x")],
+        "mistyped setting": ["train", "--store", str(store_path), "--dataset", "train", "--head", "tflocal",
+                             "--out", str(tmp_path / "x"), "--config", str(tmp_path / "typo.json")],
     }[case]
     capfd.readouterr()
     assert main(args) == 2

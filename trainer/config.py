@@ -30,6 +30,14 @@ class TrainConfig:
     retrieval_k: int = 16  # candidates a pairwise head re-ranks in retrieval
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value, expected = getattr(self, f.name), type(f.default)
+            ok = isinstance(value, bool) if expected is bool else (
+                isinstance(value, (int, float) if expected is float else int) and not isinstance(value, bool))
+            if not ok:
+                raise VlcacheError(f"train setting {f.name} must be {expected.__name__}, got {value!r}")
+
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -88,6 +88,7 @@ class WindowRows:
         self._rows: dict[str, np.ndarray] = {}
         self._data: dict[str, np.ndarray] = {}
         self.chunk_reads: Counter = Counter()
+        self._tokens: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # (rows, flat, bounds)
         for name in arrays:
             rows = np.unique(image_rows if self.space.layouts[name].kind == "images" else text_rows)
             if name == "text_tokens":
@@ -104,7 +105,7 @@ class WindowRows:
 
     @property
     def nbytes(self) -> int:
-        tokens = self._tokens[1].nbytes if hasattr(self, "_tokens") else 0
+        tokens = self._tokens[1].nbytes if self._tokens is not None else 0
         return sum(d.nbytes for d in self._data.values()) + tokens
 
     def rows(self, name: str, rows: np.ndarray) -> np.ndarray:

@@ -10,27 +10,17 @@ the image tower encodes separately come from `pipeline.regions` and are scored t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from cache_schemas import DatasetTables, SpaceEmbeddings, VlcacheError, text_hash
-from cache_schemas.regions import region_boxes
+from cache_schemas.regions import Regions, region_boxes
 
 from .data import Examples
 from .evaluate import report_from_scores
 
 POOLED_SOURCES = {"patches": "image_patches", "values": "image_values"}
-
-
-@dataclass(frozen=True)
-class Regions:
-    """L2-normalised region embeddings per image hash, and what they cost in encoder passes per image."""
-
-    by_hash: dict[str, np.ndarray]  # hash -> (R, E)
-    passes_per_image: float
-    source: str
 
 
 def pooled_regions(space: SpaceEmbeddings, dataset: DatasetTables, source: str) -> Regions:
@@ -97,8 +87,9 @@ def diagnose(space: SpaceEmbeddings, dataset: DatasetTables, regions: Regions,
     """Evaluate structure-guided inference with the given regions, as a head's report."""
     examples = Examples.from_dataset(space, dataset, split)
     segments = segment_embeddings(space, dataset)
-    hash_of_image = dict(zip(space.images()["row"].to_pylist(), space.images()["hash"].to_pylist()))
-    hash_of_text = dict(zip(space.texts()["row"].to_pylist(), space.texts()["hash"].to_pylist()))
+    images, texts = space.images(), space.texts()
+    hash_of_image = dict(zip(images["row"].to_pylist(), images["hash"].to_pylist()))
+    hash_of_text = dict(zip(texts["row"].to_pylist(), texts["hash"].to_pylist()))
 
     def score(text_row: int, image_row: int) -> float:
         if text_row < 0 or image_row < 0:
@@ -117,7 +108,7 @@ def diagnose(space: SpaceEmbeddings, dataset: DatasetTables, regions: Regions,
     keep = ~np.isnan(pos)
     report = report_from_scores(examples, np.flatnonzero(keep), pos[keep], neg[keep], bivlc[keep])
     report.update({"dataset": dataset.name, "split": split, "space": space.key,
-                   "head": f"diagnostic ({regions.source})", "encoder_passes_per_image": regions.passes_per_image})
+                   "head": f"diagnostic, {regions.source}", "encoder_passes_per_image": regions.passes_per_image})
     return report
 
 

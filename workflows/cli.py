@@ -126,8 +126,8 @@ def evaluate(store_uri, dataset, head, run_dir, out, space_key, split, device, r
 def diagnose(store_uri, dataset, sources, out, space_key, split) -> None:
     """Structure-guided inference: caption segments matched to image regions."""
     from cache_schemas import open_store
-    from trainer.diagnostic import Regions, pooled_regions
     from trainer.diagnostic import diagnose as run_diagnose
+    from trainer.diagnostic import pooled_regions
     from trainer.evaluate import write_report
     from trainer.train import pick_space
 
@@ -137,9 +137,7 @@ def diagnose(store_uri, dataset, sources, out, space_key, split) -> None:
         if source.startswith("crops"):
             from pipeline.regions import crop_regions, encoder_for
 
-            style = "resize" if source == "crops-resize" else "canvas"
-            by_hash, passes = crop_regions(encoder_for(space), data, style)
-            regions = Regions(by_hash, 1 + passes, f"crops ({style})")
+            regions = crop_regions(encoder_for(space), data, "resize" if source == "crops-resize" else "canvas")
         else:
             regions = pooled_regions(space, data, source)
         report = run_diagnose(space, data, regions, split=split or None)
@@ -150,7 +148,7 @@ def diagnose(store_uri, dataset, sources, out, space_key, split) -> None:
 
 @cli.command()
 @click.option("--out", type=click.Path(file_okay=False), default="runs/demo", show_default=True)
-@click.option("--sweep", is_flag=True, help="Repeat the study over scene complexity (about 6 demos' time).")
+@click.option("--sweep", is_flag=True, help="Repeat the study over scene complexity (about 40 minutes).")
 @click.option("--small", is_flag=True, help="A minute-long run at toy size (a smoke test).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--quiet", is_flag=True)

@@ -22,7 +22,7 @@ from pipeline.cluster import ClusterConfig, dask_client
 from pipeline.encoder import EncoderRequest, file_sha256
 from pipeline.extract import ExtractOptions, extract
 from pipeline.regions import crop_regions, encoder_for
-from trainer.diagnostic import Regions, diagnose, pooled_regions
+from trainer.diagnostic import diagnose, pooled_regions
 from trainer.evaluate import evaluate
 from trainer.heads import Dims, build_head
 from trainer.train import train
@@ -167,9 +167,8 @@ def _untrained_methods(store_uri: str, config: DemoConfig) -> dict[str, dict[str
             method = f"diagnostic, pooled {source}"
             results.setdefault(method, {})[split] = diagnose(space, dataset, pooled_regions(space, dataset, source))
         for style in config.crop_styles:
-            by_hash, passes = crop_regions(encoder, dataset, style)
-            method = f"diagnostic, crops ({style})"
-            results.setdefault(method, {})[split] = diagnose(space, dataset, Regions(by_hash, 1 + passes, method))
+            results.setdefault(f"diagnostic, crops ({style})", {})[split] = diagnose(
+                space, dataset, crop_regions(encoder, dataset, style))
     return results
 
 
