@@ -133,13 +133,17 @@ def _optimizer(head: Head, cfg: TrainConfig):
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
 
-    def schedule(step: int) -> float:  # linear warmup, then cosine decay to zero
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: warmup_cosine(step, cfg.warmup_steps, cfg.steps))
 
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+def warmup_cosine(step: int, warmup: int, total: int) -> float:
+    """The learning rate's factor at `step`: linear warm-up over `warmup` steps, then cosine decay to
+    zero at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 def _training_state(optimizer, scheduler) -> dict[str, Any]:

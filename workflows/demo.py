@@ -156,7 +156,7 @@ def _encoder_request(checkpoint: str) -> EncoderRequest:
 def _untrained_methods(store_uri: str, config: DemoConfig) -> dict[str, dict[str, Any]]:
     store = open_store(store_uri)
     space = store.space(ENCODER)
-    encoder = encoder_for(space)
+    encoder = encoder_for(space) if config.crop_styles else None  # crops are the only stage that runs it
     results: dict[str, dict[str, Any]] = {"global": {}, "maxsim (no training)": {}}
     for split in TEST_SPLITS:
         dataset = store.dataset(f"world-{split}")

@@ -12,15 +12,16 @@ import matplotlib.pyplot as plt
 import numpy as np
 from PIL import Image
 
+from .report import SPLIT_NAMES
+
 SUBSETS = ("swap_att", "swap_att_hard", "swap_obj", "replace_att", "replace_rel", "add_obj", "count")
-SPLITS = {"test_id": "in-domain", "test_ood": "out-of-domain"}
 
 
 def bars_by_type(path: str, results: dict[str, dict[str, Any]]) -> str:
     methods = list(results)
     fig, axes = plt.subplots(1, 2, figsize=(16, 5), sharey=True)
     width = 0.8 / len(methods)
-    for ax, (split, name) in zip(axes, SPLITS.items()):
+    for ax, (split, name) in zip(axes, SPLIT_NAMES.items()):
         subsets = [s for s in SUBSETS if any(s in r[split].get("caption_accuracy", {}).get("by_subset", {})
                                              for r in results.values())]
         x = np.arange(len(subsets))
@@ -93,7 +94,7 @@ def sweep(path: str, points: list[dict[str, Any]], keys: tuple[str, ...]) -> str
     fig, axes = plt.subplots(len(keys), 2, figsize=(13, 4 * len(keys)), sharex=True, squeeze=False)
     labels = [p["label"] for p in points]
     methods = list(points[0]["results"])
-    for col, (split, name) in enumerate(SPLITS.items()):
+    for col, (split, name) in enumerate(SPLIT_NAMES.items()):
         for row, key in enumerate(keys):
             ax = axes[row][col]
             for method in methods:

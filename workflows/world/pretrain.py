@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from cache_schemas import VlcacheError
 from pipeline.encoder import file_sha256  # also registers the vlcache model configs with open_clip
+from trainer.train import warmup_cosine
 
 MAX_LOGIT_SCALE = math.log(100)  # open_clip_train's clamp: keeps the temperature from collapsing
 
@@ -41,8 +42,8 @@ class PretrainConfigError(VlcacheError, ValueError):
 @dataclass(frozen=True)
 class PretrainConfig:
     # Defaults: ~4 minutes on 2 CPU cores for 8000 scenes at 64 px. By global cosine, replace-type
-    # negatives are learned (96-98%) and swap-type ones much less (59-68%); see
-    # bench/world_encoder_study.py. Twice the updates at half the batch learned more than 250 x 128.
+    # negatives are learned (96-98%) and attribute swaps less (79-87% in the demo); see
+    # bench/RESULTS.md. Twice the updates at half the batch learned more than 250 x 128.
     model: str = "vlcache-world"
     steps: int = 500
     batch_size: int = 64
@@ -160,7 +161,7 @@ def _train(model: torch.nn.Module, data: TrainSet, config: PretrainConfig, progr
     losses = []
     for step in tqdm(range(config.steps), disable=not progress, desc="pretrain"):
         for group in optimizer.param_groups:
-            group["lr"] = _lr(step, config)
+            group["lr"] = config.lr * warmup_cosine(step, config.warmup, config.steps)
         index = next(batches)
         images = data.normalize(data.pixels[index].float() / 255)  # (B, 3, H, W)
         image_features, text_features, scale = model(images, data.tokens[index])
@@ -183,13 +184,6 @@ def _optimizer(model: torch.nn.Module, config: PretrainConfig) -> torch.optim.Ad
     groups = [{"params": [p for n, p in named if exempt(n, p)], "weight_decay": 0.0},
               {"params": [p for n, p in named if not exempt(n, p)], "weight_decay": config.weight_decay}]
     return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.98), eps=1e-6)
-
-
-def _lr(step: int, config: PretrainConfig) -> float:
-    if step < config.warmup:
-        return config.lr * (step + 1) / config.warmup
-    progress = (step - config.warmup) / max(1, config.steps - config.warmup)
-    return 0.5 * config.lr * (1 + math.cos(math.pi * progress))
 
 
 def _batches(n: int, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
