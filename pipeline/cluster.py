@@ -4,6 +4,7 @@ e.g. ~/.config/dask/jobqueue.yaml; see workflows/recipes/jobqueue.yaml)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
@@ -34,6 +35,19 @@ class ClusterConfig:
         if self.kind != "local":
             return None
         return max(1, (os.cpu_count() or 1) // (self.workers * self.threads_per_worker))
+
+
+class _SyncCancelRace(logging.Filter):
+    """Drops one harmless traceback. When Ctrl-C lands before a `distributed.utils.sync` coroutine has
+    started, sync's cancel callback reads its `future` before it is bound (distributed 2026.8), and
+    tornado logs the NameError; there was nothing to cancel yet."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(error, NameError) and "'future'" in str(error))
+
+
+logging.getLogger("tornado.application").addFilter(_SyncCancelRace())
 
 
 @contextmanager
