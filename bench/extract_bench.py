@@ -19,7 +19,7 @@ from results import publish
 
 from cache_schemas import open_store
 from pipeline.cluster import ClusterConfig
-from pipeline.encoder import Encoder, EncoderRequest, describe
+from pipeline.encoders import EncoderRequest, describe, load_encoder
 from pipeline.extract import ExtractOptions, extract
 from workflows.examples import SUGARCREPE_SIZES, write_sugarcrepe_example
 
@@ -32,8 +32,8 @@ CAPTIONS = [  # COCO-like lengths (10-20 tokens)
 
 
 def text_trimming(n: int, repeats: int) -> dict:
-    causal = Encoder(describe(EncoderRequest("ViT-B-32")), None)
-    padded = Encoder(dataclasses.replace(causal.space, text_trim="none"), None)
+    causal = load_encoder(describe(EncoderRequest("ViT-B-32")))
+    padded = load_encoder(dataclasses.replace(causal.space, text_trim="none"))
     padded.model = causal.model  # the same weights: only the trimming differs
     ids, lengths = causal.tokenize([CAPTIONS[i % len(CAPTIONS)] for i in range(n)])
     timings = {}

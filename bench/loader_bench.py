@@ -15,7 +15,7 @@ from results import publish
 
 from cache_schemas import open_store
 from pipeline.cluster import ClusterConfig
-from pipeline.encoder import EncoderRequest
+from pipeline.encoders import EncoderRequest
 from pipeline.extract import ExtractOptions, extract
 from trainer.data import BatchLoader, Examples
 from workflows.examples import write_sugarcrepe_example

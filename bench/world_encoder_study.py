@@ -35,7 +35,8 @@ from workflows.world.pretrain import PretrainConfig, pretrain
 SWAP = ("swap_att", "swap_att_hard", "swap_obj")
 REPLACE = ("replace_att", "add_obj")
 SPLITS = ("test_id", "test_ood")
-MODEL_JSON = os.path.join(os.path.dirname(__file__), "..", "pipeline", "model_configs", "vlcache-world.json")
+MODEL_JSON = os.path.join(os.path.dirname(__file__), "..", "pipeline", "encoders", "model_configs",
+                          "vlcache-world.json")
 with open(MODEL_JSON, encoding="utf-8") as _f:
     BASE_MODEL: dict[str, Any] = json.load(_f)
 

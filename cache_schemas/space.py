@@ -37,12 +37,14 @@ _KEY_FIELDS = (
     "text_trim",
     "extraction_version",
 )
+DEFAULT_ENCODER = "open_clip"  # the built-in family; others are "module:Class" plug-ins
 
 
 @dataclass(frozen=True)
 class EmbeddingSpace:
     """The spec of one encoder's embedding space, as stored in `spaces/<key>/space.json`.
 
+    encoder: the code that computes it: "open_clip", or "module:Class" for a plug-in encoder.
     weights: "pretrained:<tag>", "sha256:<hex of the checkpoint's bytes>", or "random:<seed>".
     layer: the transformer block whose tokens are stored, counted like Python indices (-1 = last).
     projected: tokens pass through the final norm and the projection into the joint space.
@@ -60,6 +62,7 @@ class EmbeddingSpace:
     projected: bool = False
     dtype: str = "float16"
     extraction_version: int = EXTRACTION_VERSION
+    encoder: str = DEFAULT_ENCODER
     checkpoint_path: str | None = None
     versions: Mapping[str, str] = field(default_factory=dict)
 
@@ -69,6 +72,8 @@ class EmbeddingSpace:
             object.__setattr__(self, name, _jsonable(getattr(self, name)))
         object.__setattr__(self, "image_tokens", tuple(self.image_tokens))
         _check(bool(self.model), "model must be a non-empty name")
+        _check(self.encoder == DEFAULT_ENCODER or re.fullmatch(r"[\w.]+:\w+", self.encoder or "") is not None,
+               f"encoder must be {DEFAULT_ENCODER!r} or 'module:Class', got {self.encoder!r}")
         _check(re.fullmatch(r"(pretrained|sha256|random):\S+", self.weights or "") is not None,
                f"weights must be pretrained:<tag>, sha256:<hex> or random:<seed>, got {self.weights!r}")
         _check(self.dtype in DTYPES, f"dtype must be one of {DTYPES}, got {self.dtype!r}")
@@ -83,6 +88,8 @@ class EmbeddingSpace:
     def key(self) -> str:
         """A stable, readable identifier: the model's name plus a hash of the fields that matter."""
         payload = {name: _jsonable(getattr(self, name)) for name in _KEY_FIELDS}
+        if self.encoder != DEFAULT_ENCODER:  # left out by default, so open_clip keys stay what they were
+            payload["encoder"] = self.encoder
         digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
         return f"{_slug(self.model)}-{digest}"
 
@@ -97,7 +104,8 @@ class EmbeddingSpace:
     def describe(self) -> str:
         tokens = "+".join(self.image_tokens)
         where = "projected" if self.projected else "raw"
-        return f"{self.model} [{self.weights}] layer {self.layer} {where} {tokens} {self.dtype}"
+        encoder = "" if self.encoder == DEFAULT_ENCODER else f" ({self.encoder})"
+        return f"{self.model}{encoder} [{self.weights}] layer {self.layer} {where} {tokens} {self.dtype}"
 
     def to_json(self) -> dict[str, Any]:
         return _jsonable(asdict(self)) | {"key": self.key}

@@ -22,7 +22,8 @@ from cache_schemas import DatasetTables, Geometry, SpaceEmbeddings, VlcacheError
 from cache_schemas import tables as schema
 
 from .cluster import ClusterConfig, dask_client
-from .encoder import EncoderRequest, TextTokenizer, describe
+from .encoders import EncoderRequest, describe, tokenizer_for
+from .encoders.base import pretrained_of
 from .images import Probe, probe_many
 from .plan import pending_work, plan_new_content
 from .readers import RawDataset, read_source
@@ -90,9 +91,9 @@ def extract(source: str, fmt: str, dataset: str, encoder: EncoderRequest, store_
         space = store.create_space(spec, Geometry.for_shard_rows(options.rows_per_shard))
         present = {k: _present(space, k, registered) for k in ("images", "texts")}
         interrupted = {k: set(space.pending_shards(k)) for k in ("images", "texts")}
-        plan_new_content(space, registered, TextTokenizer(spec.model).count, retry_failed=options.retry_failed)
-        # Workers get the checkpoint's absolute path: their working folder may not be ours.
-        results = _encode(client, space, spec.checkpoint_path or encoder.pretrained, cluster, options)
+        plan_new_content(space, registered, tokenizer_for(spec).count, retry_failed=options.retry_failed)
+        # Workers get the weights as found here (a checkpoint's absolute path): their folder may not be ours.
+        results = _encode(client, space, pretrained_of(spec), cluster, options)
     resumed = sum(r.shard in interrupted[r.kind] for r in results)
     return Summary(
         dataset=dataset, space=space.key, items=registered.items.num_rows,

@@ -19,7 +19,7 @@ import torch
 from cache_schemas import Location, SpaceEmbeddings, checksum
 from cache_schemas.layout import Kind
 
-from .encoder import Encoder
+from .encoders import Encoder, load_encoder
 from .images import ImageError, decode, read_bytes
 
 DECODE_THREADS = 4  # PIL releases the GIL while decoding, so threads overlap decode with encoding
@@ -33,7 +33,7 @@ class ShardTask:
     kind: Kind
     shard: int
     rows: pa.Table  # the shard's planned rows, sorted by row
-    pretrained: str | None
+    pretrained: str | None  # as the driver found it (a checkpoint's absolute path there may differ from the store's)
     device: str = "auto"
     batch_size: int = 64
     torch_threads: int | None = None
@@ -65,7 +65,7 @@ def _encoder(space: SpaceEmbeddings, task: ShardTask) -> Encoder:
         _ENCODERS.clear()  # frees the previous model's memory before loading another
         if task.torch_threads:
             torch.set_num_threads(task.torch_threads)
-        _ENCODERS[key] = Encoder(space.spec, task.pretrained, device)
+        _ENCODERS[key] = load_encoder(space.spec, task.pretrained, device)
     return _ENCODERS[key]
 
 

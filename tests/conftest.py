@@ -6,7 +6,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 import pytest
 
 from pipeline.cluster import ClusterConfig
-from pipeline.encoder import EncoderRequest
+from pipeline.encoders import EncoderRequest
 from pipeline.extract import ExtractOptions, extract
 from workflows.examples import write_sugarcrepe_example
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cache_schemas import InvalidSpecError
-from pipeline.encoder import Encoder, EncoderRequest, UnknownModelError, describe
+from pipeline.encoders import EncoderRequest, UnknownModelError, describe, load_encoder
 
 CAPTIONS = ["a red circle", "a small blue striped square to the left of a large green triangle", "hi",
             "two dogs playing with a frisbee in the park on a sunny afternoon"]
@@ -16,14 +16,14 @@ CAPTIONS = ["a red circle", "a small blue striped square to the left of a large 
 
 @pytest.fixture(scope="module")
 def tiny():
-    return Encoder(describe(EncoderRequest("vlcache-tiny")), None)
+    return load_encoder(describe(EncoderRequest("vlcache-tiny")))
 
 
 def test_trimmed_causal_text_equals_the_padded_pass(tiny):
     assert tiny.space.text_trim == "causal"
     ids, n = tiny.tokenize(CAPTIONS)
     trimmed_tokens, trimmed_global = tiny.encode_texts(ids, n)
-    padded = Encoder(dataclasses.replace(tiny.space, text_trim="none"), None)
+    padded = load_encoder(dataclasses.replace(tiny.space, text_trim="none"))
     full_tokens, full_global = padded.encode_texts(ids, n)
     for a, b in zip(trimmed_tokens, full_tokens):
         np.testing.assert_allclose(a, b, atol=1e-3)
@@ -52,7 +52,7 @@ def test_image_arrays_have_the_spec_shapes(tiny):
 
 def test_projected_cls_is_the_global_embedding():
     space = describe(EncoderRequest("vlcache-tiny", projected=True))
-    out = Encoder(space, None).encode_images(torch.randn(2, 3, 64, 64))
+    out = load_encoder(space).encode_images(torch.randn(2, 3, 64, 64))
     cls = out["image_cls"].astype(np.float32)
     np.testing.assert_allclose(cls / np.linalg.norm(cls, axis=1, keepdims=True), out["image_global"], atol=2e-3)
     assert out["image_patches"].shape[-1] == space.dims["embed_dim"]
@@ -62,7 +62,7 @@ def test_an_earlier_layer_gives_other_tokens_and_another_space(tiny):
     earlier = describe(EncoderRequest("vlcache-tiny", layer=0))
     assert earlier.key != tiny.space.key
     x = torch.randn(1, 3, 64, 64)
-    first, last = Encoder(earlier, None).encode_images(x), tiny.encode_images(x)
+    first, last = load_encoder(earlier).encode_images(x), tiny.encode_images(x)
     assert not np.allclose(first["image_patches"], last["image_patches"], atol=1e-2)
     np.testing.assert_allclose(first["image_global"], last["image_global"], atol=1e-3)
     with pytest.raises(UnknownModelError, match="--layer 5 is out of range"):
@@ -76,7 +76,7 @@ def test_a_local_checkpoint_is_loaded_and_keyed_by_its_bytes(tmp_path):
     torch.save(trained.state_dict(), path)
     space = describe(EncoderRequest("vlcache-tiny", pretrained=str(path)))
     assert space.weights.startswith("sha256:") and space.checkpoint_path == str(path)
-    encoder = Encoder(space, str(path))
+    encoder = load_encoder(space, str(path))
     x = torch.randn(2, 3, 64, 64)
     expected = torch.nn.functional.normalize(trained.eval().encode_image(x), dim=-1).detach().numpy()
     np.testing.assert_allclose(encoder.encode_images(x)["image_global"], expected, atol=2e-3)
@@ -93,7 +93,7 @@ def test_a_pretrained_tag_is_described_without_downloading():
 
 
 def test_vit_b_32_encodes_real_shapes():
-    encoder = Encoder(describe(EncoderRequest("ViT-B-32")), None)
+    encoder = load_encoder(describe(EncoderRequest("ViT-B-32")))
     out = encoder.encode_images(torch.randn(2, 3, 224, 224))
     assert out["image_patches"].shape == (2, 49, 768) and out["image_global"].shape == (2, 512)
     ids, n = encoder.tokenize(CAPTIONS[:2])

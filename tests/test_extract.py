@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cache_schemas import open_store, verify
-from pipeline.encoder import Encoder
+from pipeline.encoders import load_encoder
 from pipeline.images import decode, read_bytes
 from workflows.cli import main
 from workflows.examples import SUGARCREPE_SIZES, write_sugarcrepe_example
@@ -72,7 +72,7 @@ def test_stored_embeddings_equal_a_direct_encoder_pass(full_sugarcrepe):
     _, _, store, _ = full_sugarcrepe
     space = open_store(store).space("vlcache-tiny")
     images, texts = space.images().slice(0, 5), space.texts().slice(0, 5)
-    encoder = Encoder(space.spec, None)
+    encoder = load_encoder(space.spec)
     pixels = torch.stack([encoder.preprocess(decode(read_bytes(u), 64)) for u in images["uri"].to_pylist()])
     direct = encoder.encode_images(pixels)
     for name in ("image_patches", "image_cls", "image_global"):

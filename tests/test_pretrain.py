@@ -12,7 +12,7 @@ import open_clip
 import pytest
 import torch
 
-from pipeline.encoder import Encoder, EncoderRequest, describe
+from pipeline.encoders import EncoderRequest, describe, load_encoder
 from workflows.world import WorldConfig, generate
 from workflows.world.pretrain import PretrainConfig, PretrainConfigError, pretrain
 
@@ -45,7 +45,7 @@ def test_checkpoint_loads_in_the_encoder(checkpoint: tuple[str, dict]) -> None:
     path, _ = checkpoint
     space = describe(EncoderRequest("vlcache-world", pretrained=path))
     assert space.weights.startswith("sha256:") and space.dims["patches"] == 64
-    encoder = Encoder(space, path)
+    encoder = load_encoder(space, path)
     ids, n_tokens = encoder.tokenize(["a red circle and a blue square"])
     tokens, pooled = encoder.encode_texts(ids, n_tokens)
     arrays = encoder.encode_images(torch.zeros(1, 3, 64, 64))

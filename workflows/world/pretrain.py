@@ -28,8 +28,9 @@ from PIL import Image
 from torchvision import transforms
 from tqdm import tqdm
 
+import pipeline.encoders.openclip  # noqa: F401  registers the vlcache model configs with open_clip
 from cache_schemas import VlcacheError
-from pipeline.encoder import file_sha256  # also registers the vlcache model configs with open_clip
+from pipeline.encoders import file_sha256
 from trainer.train import warmup_cosine
 
 MAX_LOGIT_SCALE = math.log(100)  # open_clip_train's clamp: keeps the temperature from collapsing

@@ -1,5 +1,5 @@
-"""Frozen open_clip encoders: describe one as an EmbeddingSpace without loading weights, and run
-one to produce the arrays a space stores.
+"""The built-in encoder family: frozen open_clip models, described as an EmbeddingSpace without
+loading weights, and run to produce the arrays a space stores.
 
 An encoder is (model name, weights), never the name alone: weights are a pretrained tag, a local
 checkpoint (identified by the sha256 of its bytes), or a seeded random init for tests and demos."""
@@ -7,7 +7,6 @@ checkpoint (identified by the sha256 of its bytes), or a seeded random init for 
 from __future__ import annotations
 
 import difflib
-import hashlib
 import logging
 import os
 from contextlib import contextmanager
@@ -23,27 +22,12 @@ from open_clip.transformer import text_global_pool
 
 from cache_schemas import EmbeddingSpace, VlcacheError
 
-from .images import LOAD_POLICY
+from ..images import LOAD_POLICY
+from .base import Encoder, EncoderRequest, Tokenizer, UnknownModelError, file_sha256
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(CONFIG_DIR)  # registers vlcache-tiny and friends by file stem
 RANDOM_SEED = 0
-
-
-class UnknownModelError(VlcacheError, ValueError):
-    """Not an open_clip model name, tag or checkpoint."""
-
-
-@dataclass(frozen=True)
-class EncoderRequest:
-    """What a user asks for; `describe` turns it into the EmbeddingSpace it produces."""
-
-    model: str
-    pretrained: str | None = None
-    image_tokens: tuple[str, ...] = ("patches", "cls")
-    layer: int = -1
-    projected: bool = False
-    dtype: str = "float16"
 
 
 def check_model(name: str) -> None:
@@ -67,7 +51,7 @@ def weights_id(model: str, pretrained: str | None) -> str:
     )
 
 
-def describe(request: EncoderRequest) -> EmbeddingSpace:
+def describe_model(request: EncoderRequest) -> EmbeddingSpace:
     """The space `request` produces, computed from the architecture alone (no weights, no download)."""
     check_model(request.model)
     weights = weights_id(request.model, request.pretrained)
@@ -141,14 +125,6 @@ def _dims(model: torch.nn.Module) -> dict[str, int]:
             "embed_dim": int(model.visual.output_dim)}
 
 
-def file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 @dataclass
 class _TextTower:
     """The parts of a CLIP-style text transformer, for the causal, trimmed forward pass."""
@@ -185,28 +161,31 @@ class _TextTower:
         return self.projection(x) if isinstance(self.projection, torch.nn.Module) else x @ self.projection
 
 
-class TextTokenizer:
+class TextTokenizer(Tokenizer):
     """open_clip's tokenizer for a model, plus each text's count of real (non-pad) tokens."""
 
     def __init__(self, model: str):
         self.tokenizer = open_clip.get_tokenizer(model)
         self.pad_id = getattr(getattr(self.tokenizer, "tokenizer", None), "pad_token_id", None) or 0
 
-    def __call__(self, texts: list[str]) -> tuple[torch.Tensor, np.ndarray]:
-        """Token ids padded to the context length, and the real-token counts."""
+    def __call__(self, texts):
         ids = self.tokenizer(list(texts))
         return ids, (ids != self.pad_id).sum(dim=1).numpy().astype(np.int32)
 
-    def count(self, texts: list[str]) -> np.ndarray:
-        return self(texts)[1]
 
+class OpenClipEncoder(Encoder):
+    """A frozen open_clip model (CLIP-architecture towers: causal text trimming, value-path features)."""
 
-class Encoder:
-    """A loaded, frozen encoder that turns pixels and token ids into the arrays of its space."""
+    @classmethod
+    def describe(cls, request: EncoderRequest) -> EmbeddingSpace:
+        return describe_model(request)
+
+    @classmethod
+    def tokenizer(cls, space: EmbeddingSpace) -> Tokenizer:
+        return TextTokenizer(space.model)
 
     def __init__(self, space: EmbeddingSpace, pretrained: str | None, device: str = "cpu"):
-        self.space = space
-        self.device = torch.device(device)
+        super().__init__(space, pretrained, device)
         torch.manual_seed(RANDOM_SEED)  # random-init weights are part of the space's identity
         tag_cfg = _tag_cfg(space.model, pretrained, space.weights)
         with _quiet():
@@ -215,14 +194,11 @@ class Encoder:
         self.blocks = _n_blocks(self.model)
         self.model.requires_grad_(False)
         cfg = {k: v for k, v in space.preprocess.items() if k != "load"}
-        self.preprocess = image_transform_v2(PreprocessCfg(**cfg), is_train=False)
-        self.tokenize = TextTokenizer(space.model)
+        self._transform = image_transform_v2(PreprocessCfg(**cfg), is_train=False)
         self.text_tower = _TextTower.of(self.model)
 
-    @property
-    def image_size(self) -> int:
-        size = self.space.preprocess["size"]
-        return int(size if isinstance(size, int) else max(size))
+    def preprocess(self, image):
+        return self._transform(image)
 
     def _autocast(self):
         # On CUDA, bf16 matmuls for float16 stores (storage rounds as much); float32 stores get fp32.
