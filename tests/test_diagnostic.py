@@ -7,10 +7,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from cache_schemas import VlcacheError, open_store, text_hash
-from cache_schemas.regions import region_boxes
-from pipeline.encoder import Encoder, EncoderRequest, describe
-from pipeline.regions import _crop, crop_regions, encoder_for
-from trainer.diagnostic import diagnose, patch_weights, pooled_regions, to_input_frame
+from pipeline.encoders import EncoderRequest, describe, load_encoder
+from trainer.diagnostic import diagnose, region_boxes
+from trainer.diagnostic.crops import _crop, crop_regions, encoder_for
+from trainer.diagnostic.regions import patch_weights, pooled_regions, to_input_frame
 from workflows.world import WorldConfig, generate
 
 from .conftest import run_extract
@@ -19,7 +19,7 @@ DENSE = EncoderRequest("vlcache-tiny", image_tokens=("patches", "cls", "values")
 
 
 def test_value_path_features_match_an_independent_computation():
-    encoder = Encoder(describe(DENSE), None)
+    encoder = load_encoder(describe(DENSE))
     pixels = torch.randn(2, 3, 64, 64)
     visual = encoder.model.visual
     with torch.no_grad():

@@ -1,6 +1,7 @@
 """Region embeddings from crops that the image tower encodes one by one: the costly region source
-of the structure-guided diagnostic (one encoder pass per region), next to the free regions pooled
-from cached patch features (trainer.diagnostic).
+of the diagnostic (one encoder pass per region), next to the free regions pooled from cached patch
+features (regions.py). The one place in the trainer that runs an encoder: the research's original
+diagnostic is defined by it.
 
 Two crop styles: `canvas` keeps each box in place on a blank canvas at the original scale (what
 worked in the research's scratch experiments); `resize` stretches the box to the full input, the
@@ -13,29 +14,22 @@ import torch
 from PIL import Image
 
 from cache_schemas import DatasetTables, SpaceEmbeddings, VlcacheError
-from cache_schemas.regions import Regions, region_boxes
+from pipeline.encoders import Encoder, load_encoder
+from pipeline.images import ImageError, decode, read_bytes
 
-from .encoder import Encoder
-from .images import ImageError, decode, read_bytes
+from .regions import Regions, region_boxes
 
 CROP_STYLES = ("canvas", "resize")
 
 
 def encoder_for(space: SpaceEmbeddings, device: str = "cpu") -> Encoder:
     """The space's own encoder, rebuilt from its spec (a checkpoint is found by its recorded path)."""
-    weights = space.spec.weights
-    if weights.startswith("sha256:"):
-        if not space.spec.checkpoint_path:
-            raise VlcacheError(f"space {space.key} does not record where its checkpoint is")
-        pretrained = space.spec.checkpoint_path
-    else:
-        pretrained = weights.split(":", 1)[1] if weights.startswith("pretrained:") else None
-    return Encoder(space.spec, pretrained, device)
+    return load_encoder(space.spec, device=device)
 
 
 def crop_regions(encoder: Encoder, dataset: DatasetTables, style: str = "canvas", batch_size: int = 64) -> Regions:
     """Per image hash, the L2-normalised global embeddings of its crops (R, E), one per region of
-    `cache_schemas.regions.region_boxes`; they cost one encoder pass per crop on top of extraction's."""
+    `region_boxes`; they cost one encoder pass per crop on top of extraction's."""
     if style not in CROP_STYLES:
         raise VlcacheError(f"unknown crop style {style!r}; styles: {', '.join(CROP_STYLES)}")
     fill = tuple(int(255 * m) for m in encoder.space.preprocess["mean"])  # normalises to zero
