@@ -50,6 +50,12 @@ def _masks(shape: str, texture: str, d: int, period: int) -> tuple[np.ndarray, n
     return main, inside & ~main
 
 
+def shape_mask(shape: str, d: int) -> np.ndarray:
+    """The pixels a shape covers in a d x d cell (bool)."""
+    main, tint = _masks(shape, "solid", d, max(4, d))
+    return main | tint
+
+
 def _pattern(texture: str, d: int, period: int) -> np.ndarray:
     """Where a texture shows the main colour; its scale follows the image, not the object."""
     y, x = np.mgrid[:d, :d]
