@@ -10,10 +10,11 @@ import tracemalloc
 import numpy as np
 import pytest
 import torch
+import zarr
 from safetensors.torch import load_file
 
 from cache_schemas import open_store
-from pipeline.encoder import EncoderRequest
+from pipeline.encoders import EncoderRequest
 from trainer.data import BatchLoader, Examples, LoaderState
 from trainer.evaluate import evaluate
 from trainer.heads import Dims, build_head
@@ -23,7 +24,7 @@ from workflows.examples import write_sugarcrepe_example
 
 from .conftest import run_extract
 
-TINY_TFLOCAL = {"head": {"width": 64, "layers": 2, "heads": 2, "dropout": 0.0},
+TINY_TFLOCAL = {"head": {"width": 64, "layers": 1, "heads": 2},
                 "train": {"steps": 80, "batch_size": 32, "lr": 1e-3, "warmup_steps": 10,
                           "eval_every": 1000, "checkpoint_every": 1000, "log_every": 5}}
 
@@ -64,7 +65,7 @@ def test_trained_tflocal_beats_global_and_its_untrained_self(swaps, tmp_path):
 def test_training_and_evaluation_run_without_any_encoder(swaps, tmp_path):
     store_path, config = swaps
     blocked = ("import sys\n"
-               "for name in ('open_clip', 'pipeline', 'pipeline.encoder', 'torchvision'):\n"
+               "for name in ('open_clip', 'pipeline', 'pipeline.encoders.openclip', 'torchvision'):\n"
                "    sys.modules[name] = None  # importing any of them now fails\n"
                "from workflows.cli import main\n"
                "sys.exit(main(sys.argv[1:]))\n")
@@ -162,9 +163,9 @@ def test_resuming_from_a_checkpoint_continues_the_same_run(swaps, tmp_path):
         torch.testing.assert_close(a[name], b[name], rtol=1e-3, atol=1e-3)
 
 
-def test_heads_score_pairs_and_the_defaults_fit_the_research_size():
+def test_heads_score_pairs_and_tflocal_is_light_at_vit_b_dims():
     dims = Dims(patches=49, patch_dim=768, text_dim=512, embed_dim=512, context_length=77)
-    assert 10e6 <= build_head("tflocal", dims).n_parameters() <= 15e6
+    assert 0.5e6 <= build_head("tflocal", dims).n_parameters() <= 2e6  # the README's figure
     assert build_head("global", dims).n_parameters() == 0
     images = {"patches": torch.randn(3, 49, 768), "global": torch.randn(3, 512)}
     texts = {"tokens": torch.randn(4, 9, 512), "mask": torch.ones(4, 9, dtype=torch.bool),
@@ -197,6 +198,13 @@ def test_parameter_free_maxsim_is_the_mean_of_best_token_matches():
     ("other space", "checkpoint was trained on embedding space vlcache-tiny-"),
     ("untrained head", "must be trained first: pass --checkpoint"),
     ("mistyped setting", "train setting steps must be int, got '10'"),
+    ("zero steps", "train setting steps must be >= 1, got 0"),
+    ("zero batch", "train setting batch_size must be >= 2, got 0"),
+    ("zero log interval", "train setting log_every must be >= 1, got 0"),
+    ("zero width", "tflocal setting width must be >= 1, got 0"),
+    ("negative layers", "tflocal setting layers must be >= 0, got -1"),
+    ("unknown head setting", "unknown tflocal settings ['depth']"),
+    ("width and heads", "tflocal width 65 must be a multiple of heads 2"),
 ])
 def test_bad_input_is_refused_clearly(case, expected, swaps, tmp_path, capfd):
     store_path, config = swaps
@@ -210,7 +218,11 @@ def test_bad_input_is_refused_clearly(case, expected, swaps, tmp_path, capfd):
         train(str(store_path), "train", "tflocal", str(tmp_path / "run"), config_path=str(config), progress=False)
     if case == "no negatives":
         run_extract(tmp_path / "plain.jsonl", "jsonl", "plain", tmp_path / "nonneg")
-    (tmp_path / "typo.json").write_text(json.dumps({"train": {"steps": "10"}}))
+    bad = {"mistyped setting": {"train": {"steps": "10"}}, "zero steps": {"train": {"steps": 0}},
+           "zero batch": {"train": {"batch_size": 0}}, "zero log interval": {"train": {"log_every": 0}},
+           "zero width": {"head": {"width": 0}}, "negative layers": {"head": {"layers": -1}},
+           "unknown head setting": {"head": {"depth": 3}}, "width and heads": {"head": {"width": 65, "heads": 2}}}
+    (tmp_path / "typo.json").write_text(json.dumps(bad.get(case, {})))
     args = {
         "unknown dataset": ["train", "--store", str(store_path), "--dataset", "nope", "--head", "tflocal",
                             "--out", str(tmp_path / "x")],
@@ -220,10 +232,54 @@ def test_bad_input_is_refused_clearly(case, expected, swaps, tmp_path, capfd):
                         "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "x")],
         "untrained head": ["eval", "--store", str(store_path), "--dataset", "test", "--head", "tflocal",
                            "--out", str(tmp_path / "x")],
-        "mistyped setting": ["train", "--store", str(store_path), "--dataset", "train", "--head", "tflocal",
-                             "--out", str(tmp_path / "x"), "--config", str(tmp_path / "typo.json")],
-    }[case]
+    }.get(case, ["train", "--store", str(store_path), "--dataset", "train", "--head", "tflocal",
+                 "--out", str(tmp_path / "x"), "--config", str(tmp_path / "typo.json")])
     capfd.readouterr()
     assert main(args) == 2
     err = capfd.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: ") and expected in err, err
+    assert not (tmp_path / "x").exists()  # refused before any work
+
+
+def test_a_run_that_never_leaves_chance_is_marked_in_its_checkpoint_and_reports(swaps, tmp_path, capfd):
+    store_path, _ = swaps
+    frozen = tmp_path / "frozen.json"  # a learning rate too small to move anything
+    frozen.write_text(json.dumps({"head": TINY_TFLOCAL["head"], "train": {**TINY_TFLOCAL["train"], "steps": 20,
+                                                                           "lr": 1e-12}}))
+    run = tmp_path / "run"
+    capfd.readouterr()
+    assert main(["train", "--store", str(store_path), "--dataset", "train", "--head", "tflocal", "--out", str(run),
+                 "--config", str(frozen), "--eval-dataset", "test", "--quiet"]) == 0
+    err = capfd.readouterr().err
+    assert err.startswith("warning: tflocal its training loss stayed at chance") and err.count("\n") == 1, err
+    state = json.loads((run / "checkpoints" / "step-0000020" / "state.json").read_text())
+    assert state["health"]["status"] == "at chance"
+    assert state["health"]["loss"] >= 0.9 * state["health"]["chance_loss"]
+    assert "**Warning: this head did not train**" in (run / "eval" / "test" / "report.md").read_text()
+    assert main(["eval", "--store", str(store_path), "--dataset", "test", "--head", "tflocal", "--checkpoint",
+                 str(run), "--out", str(tmp_path / "report")]) == 0
+    assert json.loads((tmp_path / "report" / "report.json").read_text())["training"]["status"] == "at chance"
+
+
+def test_a_trained_run_is_marked_as_learning(swaps, tmp_path):
+    store_path, config = swaps
+    train(str(store_path), "train", "tflocal", str(tmp_path / "run"), config_path=str(config), progress=False)
+    state = json.loads((tmp_path / "run" / "checkpoints" / "step-0000080" / "state.json").read_text())
+    assert state["health"]["status"] == "learning" and state["health"]["loss"] < state["health"]["chance_loss"] / 2
+
+
+def test_a_non_finite_loss_stops_training_and_is_never_saved(swaps, tmp_path, capfd):
+    store_path, config = swaps
+    damaged = tmp_path / "store"
+    shutil.copytree(store_path, damaged)
+    key = open_store(damaged).space("vlcache-tiny").key
+    patches = zarr.open_array(str(damaged / "spaces" / key / "embeddings.zarr" / "image_patches"), mode="r+")
+    patches[:] = np.full(patches.shape, np.nan, dtype=patches.dtype)  # every image's patches damaged
+    capfd.readouterr()
+    code = main(["train", "--store", str(damaged), "--dataset", "train", "--head", "tflocal",
+                 "--out", str(tmp_path / "run"), "--config", str(config), "--quiet"])
+    err = capfd.readouterr().err
+    assert code == 2 and err.startswith("error: training stopped at step 1: the loss is nan") and err.count("\n") == 1
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    last = json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[-1])
+    assert last["event"] == "stopped"

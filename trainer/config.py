@@ -1,67 +1,62 @@
-"""Run configuration: per-head defaults in trainer/configs/<head>.json, overridden by a user's JSON
-file of the same shape ({"head": {...}, "train": {...}})."""
+"""Run configuration. Head settings live with each head (`Head.Config`: one source, with their
+defaults and ranges); per-head training defaults in trainer/configs/<head>.json; a user's JSON file
+of the same shape ({"head": {...}, "train": {...}}) overrides both."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cache_schemas import VlcacheError
 
+from .settings import Settings, setting
+
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    steps: int = 2000
-    batch_size: int = 64
-    lr: float = 3e-4
-    weight_decay: float = 0.05
-    warmup_steps: int = 100
-    grad_clip: float = 1.0
-    in_batch_negatives: int = 8  # other items' captions (and images) scored with each query
+class TrainConfig(Settings):
+    KIND = "train setting"
+
+    steps: int = setting(2000, 1)
+    batch_size: int = setting(64, 2)  # in-batch negatives need a second item
+    lr: float = setting(3e-4, 0, open_low=True)
+    weight_decay: float = setting(0.05, 0)
+    warmup_steps: int = setting(100, 0)
+    grad_clip: float = setting(1.0, 0, open_low=True)
+    in_batch_negatives: int = setting(8, 0)  # other items' captions (and images) scored with each query
     hard_negatives: bool = True  # refuse a dataset without negative captions
-    shuffle_buffer: int = 2048  # items
-    eval_every: int = 500
-    checkpoint_every: int = 500
-    log_every: int = 10
-    retrieval_k: int = 16  # candidates a pairwise head re-ranks in retrieval
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            value, expected = getattr(self, f.name), type(f.default)
-            ok = isinstance(value, bool) if expected is bool else (
-                isinstance(value, (int, float) if expected is float else int) and not isinstance(value, bool))
-            if not ok:
-                raise VlcacheError(f"train setting {f.name} must be {expected.__name__}, got {value!r}")
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+    shuffle_buffer: int = setting(2048, 1)  # items
+    eval_every: int = setting(500, 1)
+    checkpoint_every: int = setting(500, 1)
+    log_every: int = setting(10, 1)
+    retrieval_k: int = setting(16, 1)  # candidates a pairwise head re-ranks in retrieval
+    seed: int = setting(0, 0)
 
 
 def load_config(head: str, path: str | None = None) -> tuple[dict[str, Any], TrainConfig]:
+    """The user's head settings (the head fills in its defaults) and the run's TrainConfig."""
     defaults = _read(CONFIG_DIR / f"{head}.json") if (CONFIG_DIR / f"{head}.json").exists() else {}
     user = _read(Path(path)) if path else {}
     unknown = set(user) - {"head", "train"}
     if unknown:
         raise VlcacheError(f"config {path} has unknown sections {sorted(unknown)}; expected 'head' and 'train'")
-    train = {**defaults.get("train", {}), **user.get("train", {})}
-    known = {f.name for f in fields(TrainConfig)}
-    if set(train) - known:
-        raise VlcacheError(f"unknown train settings {sorted(set(train) - known)}; known: {sorted(known)}")
-    return {**defaults.get("head", {}), **user.get("head", {})}, TrainConfig(**train)
+    for section in ("head", "train"):
+        if not isinstance(user.get(section, {}), dict):
+            raise VlcacheError(f"config {path}: {section!r} must be a JSON object of settings")
+    train = TrainConfig.from_json({**defaults.get("train", {}), **user.get("train", {})})
+    return dict(user.get("head", {})), train
 
 
 def _read(path: Path) -> dict[str, Any]:
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             data = json.load(f)
     except FileNotFoundError:
         raise VlcacheError(f"config file {path} does not exist") from None
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise VlcacheError(f"config file {path} is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise VlcacheError(f"config file {path} must hold a JSON object")

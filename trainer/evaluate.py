@@ -17,6 +17,7 @@ from cache_schemas import DatasetTables, SpaceEmbeddings
 from . import metrics
 from .data import Batch, BatchLoader, Examples
 from .heads import Head
+from .health import Health
 
 
 def evaluate(space: SpaceEmbeddings, dataset: DatasetTables, head: Head, *, split: str | None = None,
@@ -153,6 +154,9 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [f"# {report['head']} on {report['dataset']}", "",
              f"Space `{report['space']}`; {report['items']} items "
              f"({report['items_without_content']} skipped: content not in the space).", ""]
+    health = Health(**report["training"]) if report.get("training") else None
+    if health is not None and health.at_chance:
+        lines += [f"**Warning: this head did not train**: {health.sentence()}.", ""]
     if "caption_accuracy" in report:
         acc = report["caption_accuracy"]
         rows = {name: {"accuracy": value} for name, value in acc["by_subset"].items()}

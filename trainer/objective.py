@@ -57,6 +57,11 @@ def loss(head: Head, batch: Batch, g: Groups) -> torch.Tensor:
     return F.cross_entropy(logits, target)
 
 
+def chance_loss(g: Groups) -> float:
+    """The loss of a head that scores every candidate alike: the mean over groups of ln(candidates)."""
+    return float(torch.log(g.valid.sum(1).clamp(min=1).float()).mean())
+
+
 def _sample(allowed: torch.Tensor, m: int, generator: torch.Generator) -> torch.Tensor:
     """Up to m allowed columns per row, at random; -1 where fewer are allowed."""
     if m <= 0:

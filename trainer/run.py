@@ -31,5 +31,7 @@ def evaluate_head(store_uri: str, dataset: str, head_name: str, out: str, *, run
     report = evaluate(space, data, head.to(torch_device), split=split, device=str(torch_device),
                       retrieval_k=retrieval_k)
     report["checkpoint"] = run_dir
+    if run_dir:
+        report["training"] = ckpt.state.get("health")
     write_report(report, out)
     return report

@@ -22,8 +22,9 @@ from . import checkpoint
 from .config import TrainConfig, load_config
 from .data import BatchLoader, Examples, LoaderState
 from .evaluate import evaluate, write_report
-from .heads import Dims, Head, build_head
-from .objective import groups, loss
+from .heads import HEADS, Dims, Head, build_head
+from .health import HealthMonitor, TrainingError
+from .objective import chance_loss, groups, loss
 
 
 def pick_space(store: Store, key: str | None) -> SpaceEmbeddings:
@@ -46,13 +47,21 @@ def resolve_device(device: str) -> torch.device:
 
 def train(store_uri: str, dataset: str, head_name: str, out: str, *, space_key: str | None = None,
           split: str | None = "train", eval_datasets: Sequence[str] = (), config_path: str | None = None,
-          device: str = "auto", resume: bool = False, progress: bool = True,
+          device: str = "auto", resume: bool = False, seed: int | None = None, progress: bool = True,
           storage_options: dict | None = None) -> dict[str, Any]:
-    """Train until the configured step count; return the final evaluation reports by dataset."""
+    """Train until the configured step count; return the final evaluation reports by dataset.
+    `seed` overrides the config's. Everything is checked (settings, store, datasets, space) before
+    the run folder is written."""
+    if head_name not in HEADS:
+        raise VlcacheError(f"unknown head {head_name!r}; heads: {', '.join(HEADS)}")
+    if resume and seed is not None:
+        raise VlcacheError("--seed cannot change a resumed run; it continues with the seed it started with")
+    run = _resume(out, head_name) if resume else _new_run(out, head_name, config_path, seed)
+    cfg = TrainConfig.from_json(run["train"])
     store = open_store(store_uri, storage_options=storage_options)
     space = pick_space(store, space_key)
-    run = _start(out, head_name, config_path, resume, space)
-    cfg = TrainConfig(**run["train"])
+    if resume:
+        run["checkpoint"].check_space(space)
     examples = Examples.from_dataset(space, store.dataset(dataset), split)
     evals = {name: store.dataset(name) for name in eval_datasets}  # unknown names fail before training
     if cfg.hard_negatives and not examples.has_negative_captions:
@@ -63,18 +72,20 @@ def train(store_uri: str, dataset: str, head_name: str, out: str, *, space_key: 
     head = build_head(head_name, Dims.of(space.spec), run["head_config"]).to(torch_device)
     if not head.trainable:
         raise VlcacheError(f"head {head_name} has nothing to train; evaluate it with vlcache eval")
+    os.makedirs(out, exist_ok=True)
     optimizer, scheduler = _optimizer(head, cfg)
     step, loader_state = 0, LoaderState()
     if resume:
         step, loader_state = _restore(run["checkpoint"], head, optimizer, scheduler)
     loader = BatchLoader(space, examples, head.needs, cfg.batch_size, cfg.shuffle_buffer, cfg.seed,
                          pin_memory=torch_device.type == "cuda", state=loader_state)
-    state = {"head": head_name, "head_config": head.config, "train": cfg.to_json(), "space_key": space.key,
+    state = {"head": head_name, "head_config": head.config.to_json(), "train": cfg.to_json(), "space_key": space.key,
              "store": store_uri, "dataset": dataset, "split": split, "eval_datasets": list(eval_datasets),
              "parameters": head.n_parameters(), "items": len(examples)}
     log = _Log(os.path.join(out, "log.jsonl"))
     if step == 0:
         log.write({"event": "start", **state})
+    monitor = HealthMonitor()
     reports: dict[str, Any] = {}
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if torch_device.type == "cuda" else nullcontext()
     head.train()
@@ -82,48 +93,59 @@ def train(store_uri: str, dataset: str, head_name: str, out: str, *, space_key: 
         for batch in loader:
             if step >= cfg.steps:
                 break
-            scoring = groups(batch, cfg.in_batch_negatives, _generator(cfg.seed, step)).to(torch_device)
+            scoring = groups(batch, cfg.in_batch_negatives, _generator(cfg.seed, step))
+            chance = chance_loss(scoring)
             with amp:
-                value = loss(head, batch.to(torch_device), scoring)
+                value = loss(head, batch.to(torch_device), scoring.to(torch_device))
             optimizer.zero_grad(set_to_none=True)
             value.backward()
             norm = torch.nn.utils.clip_grad_norm_(head.parameters(), cfg.grad_clip)
+            try:
+                monitor.observe(step + 1, value.item(), float(norm), chance)
+            except TrainingError as exc:
+                log.write({"event": "stopped", "step": step + 1, "reason": str(exc)})
+                raise
             optimizer.step()
             scheduler.step()
             step += 1
             bar.update(1)
             if step % cfg.log_every == 0 or step == cfg.steps:
-                bar.set_postfix(loss=f"{value.item():.3f}")
-                log.write({"step": step, "loss": value.item(), "lr": scheduler.get_last_lr()[0],
+                bar.set_postfix(loss=f"{value.item():.3f}", chance=f"{chance:.3f}")
+                log.write({"step": step, "loss": value.item(), "chance_loss": chance, "lr": scheduler.get_last_lr()[0],
                            "grad_norm": float(norm), "epoch": batch.epoch,
                            "batch_crc": zlib.crc32(batch.examples.tobytes())})  # the data order, checkable
+            health = monitor.health()
             if evals and (step % cfg.eval_every == 0 or step == cfg.steps):
                 reports = {name: evaluate(space, d, head, device=str(torch_device), retrieval_k=cfg.retrieval_k)
                            for name, d in evals.items()}
+                for report in reports.values():
+                    report["training"] = health.to_json()
                 log.write({"step": step, "eval": {n: _headline(r) for n, r in reports.items()}})
                 head.train()
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 checkpoint.save(out, head, _training_state(optimizer, scheduler),
-                                {**state, "step": step, "loader": asdict(LoaderState(batch.epoch, batch.position + 1))})
+                                {**state, "step": step, "health": health.to_json(),
+                                 "loader": asdict(LoaderState(batch.epoch, batch.position + 1))})
     for name, report in reports.items():
         write_report(report, os.path.join(out, "eval", name))
-    log.write({"event": "end", "step": step})
+    log.write({"event": "end", "step": step, "health": monitor.health().to_json()})
     return reports
 
 
-def _start(out: str, head_name: str, config_path: str | None, resume: bool, space: SpaceEmbeddings) -> dict[str, Any]:
-    """The run's configs: from the checkpoint when resuming, else from defaults and --config."""
-    if resume:
-        ckpt = checkpoint.load(out, with_optimizer=True)
-        ckpt.check_space(space)
-        if ckpt.state["head"] != head_name:
-            raise VlcacheError(f"{out} holds a {ckpt.state['head']} run, not {head_name}")
-        return {"head_config": ckpt.state["head_config"], "train": ckpt.state["train"], "checkpoint": ckpt}
+def _new_run(out: str, head_name: str, config_path: str | None, seed: int | None) -> dict[str, Any]:
+    """The run's settings from the defaults and --config, checked before anything is read or written."""
     if checkpoint.has_checkpoint(out):
         raise VlcacheError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
-    os.makedirs(out, exist_ok=True)
     head_config, cfg = load_config(head_name, config_path)
-    return {"head_config": head_config, "train": cfg.to_json()}
+    HEADS[head_name].Config.from_json(head_config)
+    return {"head_config": head_config, "train": {**cfg.to_json(), **({} if seed is None else {"seed": seed})}}
+
+
+def _resume(out: str, head_name: str) -> dict[str, Any]:
+    ckpt = checkpoint.load(out, with_optimizer=True)
+    if ckpt.state["head"] != head_name:
+        raise VlcacheError(f"{out} holds a {ckpt.state['head']} run, not {head_name}")
+    return {"head_config": ckpt.state["head_config"], "train": ckpt.state["train"], "checkpoint": ckpt}
 
 
 def _optimizer(head: Head, cfg: TrainConfig):

@@ -15,13 +15,12 @@ from .tflocal import TFLocal
 HEADS: dict[str, type[Head]] = {h.name: h for h in (GlobalCosine, MaxSim, GlobalMLP, TFLocal)}
 
 
-def build_head(name: str, dims: Dims, config: dict[str, Any] | None = None) -> Head:
+def build_head(name: str, dims: Dims, settings: dict[str, Any] | None = None) -> Head:
+    """A head by name, its settings' defaults overridden by `settings` (checked: one-line errors)."""
     if name not in HEADS:
         raise VlcacheError(f"unknown head {name!r}; heads: {', '.join(HEADS)}")
-    try:
-        return HEADS[name](dims, **(config or {}))
-    except TypeError as exc:  # an unknown key in a user's config file
-        raise VlcacheError(f"bad config for head {name}: {exc}") from None
+    head = HEADS[name]
+    return head(dims, head.Config.from_json(settings or {}))
 
 
 __all__ = ["HEADS", "Dims", "Head", "build_head"]

@@ -12,6 +12,7 @@ class GlobalCosine(Head):
     name = "global"
     needs = frozenset({"image.global", "text.global"})
     pairwise = False
+    trains = False
 
     def score(self, images, texts, image_index, text_index) -> torch.Tensor:
         image = F.normalize(images["global"][image_index], dim=-1)  # (P, E)

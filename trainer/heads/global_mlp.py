@@ -5,11 +5,13 @@ It starts as the scaled global cosine (its MLP's last layer is zero) and learns 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..settings import Settings, setting
 from .base import Dims, Head
 
 
@@ -17,13 +19,21 @@ class GlobalMLP(Head):
     name = "global-mlp"
     needs = frozenset({"image.global", "text.global"})
 
-    def __init__(self, dims: Dims, hidden: int = 1024, layers: int = 2, dropout: float = 0.1):
-        super().__init__(dims, hidden=hidden, layers=layers, dropout=dropout)
+    @dataclass(frozen=True)
+    class Config(Settings):
+        KIND = "global-mlp setting"
+        hidden: int = setting(1024, 1)
+        layers: int = setting(2, 1)
+        dropout: float = setting(0.1, 0, 0.9)
+
+    def __init__(self, dims: Dims, config: Config | None = None):
+        super().__init__(dims, config)
+        c = self.config
         blocks: list[nn.Module] = []
         width = 3 * dims.embed_dim
-        for _ in range(layers):
-            blocks += [nn.Linear(width, hidden), nn.GELU(), nn.Dropout(dropout)]
-            width = hidden
+        for _ in range(c.layers):
+            blocks += [nn.Linear(width, c.hidden), nn.GELU(), nn.Dropout(c.dropout)]
+            width = c.hidden
         last = nn.Linear(width, 1)
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)

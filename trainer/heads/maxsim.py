@@ -5,6 +5,7 @@ with learnable projections of both sides into a common space."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -12,18 +13,25 @@ from torch import nn
 
 from cache_schemas import VlcacheError
 
-from .base import Dims, Head, masked_mean
+from ..settings import Settings, setting
+from .base import Dims, Head, gather, masked_mean
 
 
 class MaxSim(Head):
     name = "maxsim"
     needs = frozenset({"image.patches", "text.tokens"})
 
-    def __init__(self, dims: Dims, learnable: bool = True, dim: int = 256):
-        super().__init__(dims, learnable=learnable, dim=dim)
-        if learnable:
-            self.image_proj = nn.Linear(dims.patch_dim, dim, bias=False)
-            self.text_proj = nn.Linear(dims.text_dim, dim, bias=False)
+    @dataclass(frozen=True)
+    class Config(Settings):
+        KIND = "maxsim setting"
+        learnable: bool = True
+        dim: int = setting(256, 1)
+
+    def __init__(self, dims: Dims, config: Config | None = None):
+        super().__init__(dims, config)
+        if self.config.learnable:
+            self.image_proj = nn.Linear(dims.patch_dim, self.config.dim, bias=False)
+            self.text_proj = nn.Linear(dims.text_dim, self.config.dim, bias=False)
             self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
         elif dims.patch_dim != dims.text_dim:
             raise VlcacheError(
@@ -33,9 +41,9 @@ class MaxSim(Head):
 
     def score(self, images, texts, image_index, text_index) -> torch.Tensor:
         patches, tokens = images["patches"], texts["tokens"]
-        if self.config["learnable"]:
+        if self.config.learnable:
             patches, tokens = self.image_proj(patches), self.text_proj(tokens)
         patches, tokens = F.normalize(patches, dim=-1), F.normalize(tokens, dim=-1)
-        sim = torch.einsum("npd,nld->nlp", patches[image_index], tokens[text_index])  # (pairs, L, P)
-        score = masked_mean(sim.amax(dim=-1), texts["mask"][text_index])
-        return score * self.logit_scale.exp() if self.config["learnable"] else score
+        sim = gather(tokens, text_index) @ gather(patches.transpose(1, 2), image_index)  # (pairs, L, P)
+        score = masked_mean(sim.amax(dim=-1), gather(texts["mask"], text_index))
+        return score * self.logit_scale.exp() if self.config.learnable else score
