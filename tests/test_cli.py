@@ -105,3 +105,19 @@ def test_a_store_from_an_unknown_major_version_is_refused(store, tmp_path, capfd
     assert "store schema version 2.0 is not readable by this vlcache (reads 1.x)" in capfd.readouterr().err
     (future / "vlcache.json").write_text(json.dumps({**manifest, "schema_version": "1.7"}))
     assert main(["cache", "info", str(future)]) == 0  # a newer minor version only adds what old readers ignore
+
+
+def test_the_choices_the_cli_offers_come_from_the_registries():
+    from pipeline.readers import READERS
+    from trainer.diagnostic import SOURCES
+    from trainer.heads import HEADS
+    from workflows.cli import cli
+
+    def choices(command: str, option: str) -> tuple[str, ...]:
+        params = {p.name: p for p in cli.commands[command].params}
+        return params[option].type.choices
+
+    assert choices("extract", "fmt") == tuple(READERS)
+    assert choices("eval", "head") == tuple(HEADS)
+    assert choices("train", "head") == tuple(name for name, head in HEADS.items() if head.trains)
+    assert choices("diagnose", "sources") == tuple(SOURCES)

@@ -8,12 +8,46 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable, Iterable
 
 import click
 
 from cache_schemas import VlcacheError
 
-FORMATS = ("folder", "csv", "jsonl", "parquet", "sugarcrepe", "bivlc", "coco")
+
+class RegistryChoice(click.Choice):
+    """A choice among the names of a registry, imported only when the option is parsed or shown, so
+    that commands which never use it never import it (`cache ls` does not pay for torch)."""
+
+    def __init__(self, names: Callable[[], Iterable[str]]):
+        self._names = names
+        super().__init__(())
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        return tuple(self._names())
+
+    @choices.setter
+    def choices(self, _ignored) -> None:
+        pass
+
+
+def _formats() -> Iterable[str]:
+    from pipeline.readers import READERS
+
+    return READERS
+
+
+def _heads(trainable: bool = False) -> Iterable[str]:
+    from trainer.heads import HEADS
+
+    return [name for name, head in HEADS.items() if not trainable or head.trains]
+
+
+def _region_sources() -> Iterable[str]:
+    from trainer.diagnostic import SOURCES
+
+    return SOURCES
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -23,9 +57,12 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("source", type=click.Path(exists=True))
-@click.option("--format", "fmt", type=click.Choice(FORMATS), required=True, help="How to read SOURCE.")
+@click.option("--format", "fmt", type=RegistryChoice(_formats), required=True, help="How to read SOURCE.")
 @click.option("--dataset", required=True, help="Name of the dataset in the store.")
-@click.option("--model", required=True, help="open_clip model name, e.g. ViT-B-32 or vlcache-tiny.")
+@click.option("--model", required=True, help="open_clip model name, e.g. ViT-B-32 or vlcache-tiny (or the name "
+              "a plug-in --encoder understands).")
+@click.option("--encoder", default="open_clip", show_default=True,
+              help="The encoder family: open_clip, or module:Class naming a pipeline.encoders.Encoder subclass.")
 @click.option("--pretrained", default=None,
               help="Pretrained tag (e.g. openai) or local checkpoint path; random init if omitted.")
 @click.option("--store", "store_uri", required=True, help="Store path or fsspec URL (s3://bucket/store).")
@@ -48,17 +85,17 @@ def cli() -> None:
 @click.option("--retry-failed", is_flag=True, help="Try images that failed in an earlier run again.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def extract(source, fmt, dataset, model, pretrained, store_uri, images_root, split, workers, threads,
+def extract(source, fmt, dataset, model, encoder, pretrained, store_uri, images_root, split, workers, threads,
             scheduler_address, slurm_jobs, batch_size, device, rows_per_shard, tokens, layer, projected,
             dtype, retry_failed, as_json, quiet) -> None:
     """Encode SOURCE's unique images and texts into the store, once per encoder."""
     from pipeline.cluster import ClusterConfig
-    from pipeline.encoder import EncoderRequest
+    from pipeline.encoders import EncoderRequest
     from pipeline.extract import ExtractOptions
     from pipeline.extract import extract as run_extract
 
     request = EncoderRequest(model, pretrained, tuple(t.strip() for t in tokens.split(",") if t.strip()),
-                             layer, projected, dtype)
+                             layer, projected, dtype, encoder)
     summary = run_extract(
         source, fmt, dataset, request, store_uri, images_root=images_root, split=split,
         cluster=ClusterConfig(scheduler_address, slurm_jobs, workers, threads),
@@ -67,13 +104,10 @@ def extract(source, fmt, dataset, model, pretrained, store_uri, images_root, spl
     click.echo(json.dumps(summary.to_json(), indent=2) if as_json else "\n".join(summary.lines()))
 
 
-HEADS = ("global", "maxsim", "global-mlp", "tflocal")
-
-
 @cli.command()
 @click.option("--store", "store_uri", required=True, help="Store path or fsspec URL.")
 @click.option("--dataset", required=True, help="Dataset to train on.")
-@click.option("--head", type=click.Choice(HEADS[1:]), required=True)
+@click.option("--head", type=RegistryChoice(lambda: _heads(trainable=True)), required=True)
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder: logs, checkpoints, reports.")
 @click.option("--eval-dataset", "eval_datasets", multiple=True, help="Evaluate on this dataset too (repeatable).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
@@ -81,22 +115,30 @@ HEADS = ("global", "maxsim", "global-mlp", "tflocal")
 @click.option("--space", "space_key", default=None, help="Embedding space key, when the store holds several.")
 @click.option("--split", default="train", show_default=True, help="Items of this split only ('' for all).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--seed", type=click.IntRange(min=0), default=None,
+              help="Training seed (overrides the config's); repeat a run with several to measure its spread.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--quiet", is_flag=True)
-def train(store_uri, dataset, head, out, eval_datasets, config_path, space_key, split, device, resume, quiet) -> None:
+def train(store_uri, dataset, head, out, eval_datasets, config_path, space_key, split, device, seed, resume,
+          quiet) -> None:
     """Train an alignment head on cached tensors (no encoder runs)."""
+    from trainer.checkpoint import load
+    from trainer.health import health_of
     from trainer.train import train as run_train
 
     reports = run_train(store_uri, dataset, head, out, space_key=space_key, split=split or None,
                         eval_datasets=eval_datasets, config_path=config_path, device=device, resume=resume,
-                        progress=not quiet)
+                        seed=seed, progress=not quiet)
     click.echo(f"run in {out}: log.jsonl, checkpoints/" + (", eval/" if reports else ""))
+    health = health_of(load(out).state)
+    if health is not None and health.at_chance:
+        click.echo(f"warning: {head} {health.sentence()}; its checkpoint and reports are marked", err=True)
 
 
 @cli.command("eval")
 @click.option("--store", "store_uri", required=True)
 @click.option("--dataset", required=True)
-@click.option("--head", type=click.Choice(HEADS), required=True)
+@click.option("--head", type=RegistryChoice(_heads), required=True)
 @click.option("--checkpoint", "run_dir", type=click.Path(file_okay=False), default=None,
               help="Run folder of a trained head (required for global-mlp and tflocal).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Report folder.")
@@ -109,16 +151,17 @@ def evaluate(store_uri, dataset, head, run_dir, out, space_key, split, device, r
     """Evaluate a head: accuracy, BiVLC-style scores, retrieval; writes report.json and report.md."""
     from trainer.run import evaluate_head
 
-    report = evaluate_head(store_uri, dataset, head, out, run_dir=run_dir, space_key=space_key,
-                           split=split or None, device=device, retrieval_k=retrieval_k)
-    click.echo(open(os.path.join(out, "report.md")).read() if report else "")
+    evaluate_head(store_uri, dataset, head, out, run_dir=run_dir, space_key=space_key,
+                  split=split or None, device=device, retrieval_k=retrieval_k)
+    with open(os.path.join(out, "report.md"), encoding="utf-8") as f:
+        click.echo(f.read())
 
 
 @cli.command()
 @click.option("--store", "store_uri", required=True)
 @click.option("--dataset", required=True)
 @click.option("--regions", "sources", multiple=True, default=("values",), show_default=True,
-              type=click.Choice(["patches", "values", "crops", "crops-resize"]),
+              type=RegistryChoice(_region_sources),
               help="Region source (repeatable): pooled cached features, or crops the encoder sees one by one.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Report folder (one per source).")
 @click.option("--space", "space_key", default=None)
@@ -126,24 +169,18 @@ def evaluate(store_uri, dataset, head, run_dir, out, space_key, split, device, r
 def diagnose(store_uri, dataset, sources, out, space_key, split) -> None:
     """Structure-guided inference: caption segments matched to image regions."""
     from cache_schemas import open_store
-    from trainer.diagnostic import diagnose as run_diagnose
-    from trainer.diagnostic import pooled_regions
+    from trainer.diagnostic import diagnose_with
     from trainer.evaluate import write_report
     from trainer.train import pick_space
 
     store = open_store(store_uri)
     space, data = pick_space(store, space_key), store.dataset(dataset)
     for source in sources:
-        if source.startswith("crops"):
-            from pipeline.regions import crop_regions, encoder_for
-
-            regions = crop_regions(encoder_for(space), data, "resize" if source == "crops-resize" else "canvas")
-        else:
-            regions = pooled_regions(space, data, source)
-        report = run_diagnose(space, data, regions, split=split or None)
+        report = diagnose_with(space, data, source, split=split or None)
         write_report(report, os.path.join(out, source))
         click.echo(f"{source}: accuracy {100 * report['caption_accuracy']['by_subset']['all']:.1f}% "
-                   f"({regions.passes_per_image:.1f} encoder passes per image); report in {os.path.join(out, source)}")
+                   f"({report['encoder_passes_per_image']:.1f} encoder passes per image); "
+                   f"report in {os.path.join(out, source)}")
 
 
 @cli.command()
