@@ -1,4 +1,5 @@
-"""The end-to-end demo at toy size: it runs, says what it measured, and is reproducible by seed."""
+"""The end-to-end demo at toy size: it runs, puts the positive control first, says what it measured
+over seeds, and is reproducible by seed."""
 
 import dataclasses
 import json
@@ -13,11 +14,11 @@ pytestmark = pytest.mark.slow
 
 def _toy() -> DemoConfig:
     config = DemoConfig().small()
-    heads = {name: {"head": cfg["head"], "train": {**cfg["train"], "steps": 6, "eval_every": 6}}
-             for name, cfg in config.heads.items()}
+    heads = {name: {**cfg, "train": {**cfg["train"], "steps": 6}} for name, cfg in config.heads.items()}
     return dataclasses.replace(config, world=dataclasses.replace(config.world, n_train=96, n_test=24),
+                               control=dataclasses.replace(config.control, n_train=96, n_test=24),
                                pretrain=dataclasses.replace(config.pretrain, steps=8, warmup=2), heads=heads,
-                               crop_styles=("canvas", "resize"))
+                               seeds=(0, 1), region_sources=("patches", "values", "crops", "crops-resize"))
 
 
 @pytest.fixture(scope="module")
@@ -30,13 +31,18 @@ def test_same_seed_gives_the_same_data_and_the_same_metrics(two_runs):
     (a, first), (b, second) = two_runs
     for split in ("train", "test_id", "test_ood"):
         assert (a / "world" / f"{split}.jsonl").read_bytes() == (b / "world" / f"{split}.jsonl").read_bytes()
-    assert first["results"] == second["results"]
+    same = lambda x, y: json.dumps(x, sort_keys=True) == json.dumps(y, sort_keys=True)  # noqa: E731  (NaN-safe)
+    assert same(first["results"], second["results"]) and same(first["control"], second["control"])
 
 
-def test_the_report_states_the_outcome_for_every_method(two_runs):
+def test_the_report_puts_the_control_first_and_states_the_outcome_for_every_method(two_runs):
     (a, summary), _ = two_runs
     report = (a / "report.md").read_text()
-    assert "## What this run measured" in report and "bag-of-words-like on swaps" in report
+    sections = [line for line in report.splitlines() if line.startswith("## ")]
+    assert sections[0].startswith("## 1. The positive control")
+    assert "the control is valid" in report or "the control is broken" in report
+    assert "bag-of-words-like on swaps" in report
+    assert set(summary["control"]) == {"global", "maxsim", "global-mlp", "tflocal"}
     methods = ("global", "maxsim (no training)", "diagnostic, pooled patches", "diagnostic, pooled values",
                "diagnostic, crops (canvas)", "diagnostic, crops (resize)", "maxsim", "global-mlp", "tflocal")
     assert set(summary["results"]) == set(methods)
@@ -44,24 +50,30 @@ def test_the_report_states_the_outcome_for_every_method(two_runs):
         assert f"| {method} |" in report
         for split in ("test_id", "test_ood"):  # the hard swap subset, on its own, for every method
             assert "hard swap" in summary["results"][method][split]
-    for figure in ("by_type.png", "training.png", "examples.png"):
+    for head in ("maxsim", "global-mlp", "tflocal"):  # every trained head, every seed
+        assert summary["results"][head]["test_id"]["attribute swap"]["seeds"] == 2
+        assert summary["control"][head]["test_ood"]["attribute swap"]["seeds"] == 2
+    for figure in ("by_type.png", "control.png", "training.png", "examples.png"):
         assert os.path.getsize(a / figure) > 10_000 and f"({figure})" in report
-    assert json.loads((a / "report.json").read_text())["reports"]["tflocal"]["test_ood"]["head"] == "tflocal"
+    saved = json.loads((a / "report.json").read_text())
+    assert len(saved["reports"]["tflocal"]["test_ood"]) == 2 and "training" in saved["reports"]["tflocal"]["test_id"][0]
 
 
 def test_sweep_reports_every_point_for_every_method(tmp_path):
     points = ({"min_objects": 2, "max_objects": 2}, {"min_objects": 3, "max_objects": 3, "attributes": ("colour",)})
-    results = run_sweep(str(tmp_path), dataclasses.replace(_toy(), crop_styles=()), points, progress=False)
+    results = run_sweep(str(tmp_path), dataclasses.replace(_toy(), region_sources=("patches",)), points,
+                        progress=False)
     assert [p["label"] for p in results] == ["2 objects", "3 objects, colour"]
     two, colour = (json.loads((tmp_path / d / "world" / "world.json").read_text())["config"]
                    for d in ("2-objects", "3-objects-colour"))
     assert two["max_objects"] == 2 and colour["max_objects"] == 3 and colour["attributes"] == ["colour"]
     sweep = (tmp_path / "sweep.md").read_text()
+    assert "## The positive control" in sweep
     for name in ("in-domain", "out-of-domain"):
         assert f"## {name}: global cosine against the best other method" in sweep
         assert f"## {name}: hard swap, %" in sweep
     for method in results[0]["results"]:
         rows = [line for line in sweep.splitlines() if line.startswith(f"| {method} |")]
-        assert len(rows) == 6  # a row in each split's three tables
+        assert len(rows) >= 6  # a row in each split's three tables (and the control's, for heads)
     assert os.path.getsize(tmp_path / "sweep.png") > 10_000
-    assert json.loads((tmp_path / "sweep.json").read_text())[1]["world"]["test_id"]["total"] == 24
+    assert json.loads((tmp_path / "sweep.json").read_text())["points"][1]["world"]["test_id"]["total"] == 24

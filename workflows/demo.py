@@ -19,15 +19,18 @@ from typing import Any
 
 from cache_schemas import open_store
 from pipeline.cluster import ClusterConfig, dask_client
-from pipeline.encoder import EncoderRequest, file_sha256
+from pipeline.encoders import EncoderRequest, file_sha256
 from pipeline.extract import ExtractOptions, extract
-from pipeline.regions import crop_regions, encoder_for
-from trainer.diagnostic import diagnose, pooled_regions
+from trainer.diagnostic import diagnose_with
+from trainer.diagnostic.crops import encoder_for
 from trainer.evaluate import evaluate
 from trainer.heads import Dims, build_head
 from trainer.train import train
 
 from . import report as demo_report
+from .control import build_control
+from .control import scaled as control_world
+from .results import Results
 from .world import WorldConfig, generate
 from .world.pretrain import PretrainConfig, pretrain
 
@@ -42,21 +45,23 @@ class DemoConfig:
     # within the time budget (bench/world_encoder_study.py has the settings tried).
     world: WorldConfig = WorldConfig(n_train=8000, n_test=500, image_size=64)
     pretrain: PretrainConfig = PretrainConfig()
-    # Head configs sized for two CPU cores; the library defaults (trainer/configs) are for a GPU.
+    # The positive control (workflows/control): smaller than its default, the same test size.
+    control: WorldConfig = control_world(n_train=2000, n_test=500)
+    # Every trained head is trained once per seed; results are mean and standard error over them.
+    seeds: tuple[int, ...] = (0, 1, 2)
+    # Training settings sized for two CPU cores (the heads' own settings are the library defaults).
     # Retrieval re-ranks a global top 4 only: the study is about hard negatives, not retrieval.
     heads: dict[str, dict] = field(default_factory=lambda: {
-        "maxsim": {"head": {"dim": 128}, "train": {"steps": 250, "batch_size": 64, "lr": 1e-3, "in_batch_negatives": 4,
-                                                    "eval_every": 250, "retrieval_k": 4}},
-        "global-mlp": {"head": {"hidden": 512}, "train": {"steps": 300, "batch_size": 128, "lr": 1e-3,
-                                                         "eval_every": 300, "retrieval_k": 4}},
-        "tflocal": {"head": {"width": 128, "layers": 2, "heads": 4, "pool": 2, "dropout": 0.0},
-                    "train": {"steps": 500, "batch_size": 32, "lr": 1e-3, "in_batch_negatives": 2, "eval_every": 500,
+        "maxsim": {"train": {"steps": 150, "batch_size": 32, "warmup_steps": 15, "in_batch_negatives": 4,
+                             "retrieval_k": 4}},
+        "global-mlp": {"train": {"steps": 200, "batch_size": 128, "warmup_steps": 20, "retrieval_k": 4}},
+        "tflocal": {"train": {"steps": 150, "batch_size": 32, "warmup_steps": 15, "in_batch_negatives": 4,
                               "retrieval_k": 4}},
     })
-    # Crops resized to the full input are the classic region source, but they show the tower a scale
-    # it never saw; add "resize" to compare (about 40 s more).
-    crop_styles: tuple[str, ...] = ("canvas",)
-    pooled_sources: tuple[str, ...] = ("patches", "values")
+    # The diagnostic's region sources (trainer.diagnostic.SOURCES). Crops resized to the full input
+    # are the classic source, but they show the tower a scale it never saw; add "crops-resize" to
+    # compare (about 40 s more).
+    region_sources: tuple[str, ...] = ("patches", "values", "crops")
 
     def small(self) -> DemoConfig:
         """A minute-long version, for tests and smoke runs."""
@@ -64,43 +69,65 @@ class DemoConfig:
 
     def for_sweep(self) -> DemoConfig:
         """Each sweep point at about half the demo's cost."""
-        return self._scaled(n_train=4000, n_test=300, pretrain_steps=300, head_steps=200)
+        return self._scaled(n_train=4000, n_test=300, pretrain_steps=300, head_steps=100)
 
     def _scaled(self, n_train: int, n_test: int, pretrain_steps: int, head_steps: int) -> DemoConfig:
-        heads = {name: {"head": cfg["head"], "train": {**cfg["train"], "steps": head_steps, "eval_every": head_steps}}
+        heads = {name: {**cfg, "train": {**cfg["train"], "steps": head_steps,
+                                         "warmup_steps": min(cfg["train"]["warmup_steps"], head_steps // 5)}}
                  for name, cfg in self.heads.items()}
         warmup = min(self.pretrain.warmup, pretrain_steps // 5)
         return dataclasses.replace(
             self, world=dataclasses.replace(self.world, n_train=n_train, n_test=n_test), heads=heads,
+            control=dataclasses.replace(self.control, n_train=min(n_train, self.control.n_train), n_test=n_test),
             pretrain=dataclasses.replace(self.pretrain, steps=pretrain_steps, warmup=warmup))
 
 
-def run_demo(out: str, config: DemoConfig = DemoConfig(), progress: bool = True, plots: bool = True) -> dict[str, Any]:
+def run_demo(out: str, config: DemoConfig = DemoConfig(), progress: bool = True, plots: bool = True,
+             control: Results | None = None) -> dict[str, Any]:
+    """The study; `control`: positive-control results to reuse (a sweep measures them once)."""
     started = time.perf_counter()
     timings: dict[str, float] = {}
     log = functools.partial(_stage, timings=timings, progress=progress)
-    for stale in ("store", "runs"):  # results are recomputed; only the encoder checkpoint is reused
+    for stale in ("store", "runs", "control"):  # results are recomputed; only the encoder checkpoint is reused
         shutil.rmtree(os.path.join(out, stale), ignore_errors=True)
-    with log("generate the world"):
-        world = generate(os.path.join(out, "world"), config.world)
-    with log("pretrain the encoder"):
-        checkpoint = _pretrained_encoder(out, world["jsonl"]["train"], config.pretrain, progress)
-    with log("extract embeddings"), dask_client(ClusterConfig()) as client:
-        store = os.path.join(out, "store")
-        for split in SPLITS:
-            extract(world["jsonl"][split], "bivlc", f"world-{split}", _encoder_request(checkpoint), store,
-                    options=ExtractOptions(rows_per_shard=1024, progress=False), client=client)
-    results: dict[str, dict[str, Any]] = {}
+    with dask_client(ClusterConfig()) as client:
+        if control is None:  # measured first: without it no result below means anything
+            with log("positive control: can each head learn what is known to be in the tokens?"):
+                control = run_control(os.path.join(out, "control"), config, client, progress)
+            if progress:
+                print("\n".join(demo_report.control_verdicts(control)).replace("**", ""), flush=True)
+        with log("generate the world"):
+            world = generate(os.path.join(out, "world"), config.world)
+        with log("pretrain the encoder"):
+            checkpoint = _pretrained_encoder(out, world["jsonl"]["train"], config.pretrain, progress)
+        with log("extract embeddings"):
+            store = os.path.join(out, "store")
+            for split in SPLITS:
+                extract(world["jsonl"][split], "bivlc", f"world-{split}", _encoder_request(checkpoint), store,
+                        options=ExtractOptions(rows_per_shard=1024, progress=False), client=client)
+    results = Results(counts=world["counts"])
     with log("zero-shot global cosine and the diagnostic"):
-        results.update(_untrained_methods(store, config))
+        _untrained_methods(store, config, results)
     if progress:  # the first answer, before any head is trained
-        print("\n".join(demo_report.encoder_verdicts(_headline(results)["global"])).replace("**", ""), flush=True)
+        print("\n".join(demo_report.encoder_verdicts(results)).replace("**", ""), flush=True)
     with log("train heads"):
-        curves = _train_heads(out, store, config, progress, results)
-    summary = {"config": _jsonable(config), "results": _headline(results), "timings": timings,
-               "seconds": time.perf_counter() - started, "world": world["counts"]}
-    demo_report.write(out, summary, results, curves, world_dir=os.path.join(out, "world"), plots=plots)
-    return summary
+        _train_heads(os.path.join(out, "runs"), store, "world", config, progress, results)
+    summary = {"config": _jsonable(config), "timings": timings, "seconds": time.perf_counter() - started}
+    demo_report.write(out, summary, results, control, world_dir=os.path.join(out, "world"), plots=plots)
+    return {**summary, "results": results.headlines(), "control": control.headlines(), "world": world["counts"]}
+
+
+def run_control(out: str, config: DemoConfig, client, progress: bool) -> Results:
+    """Every method on the positive control: global cosine, and each trained head over the seeds."""
+    built = build_control(out, config.control, client=client)
+    results = Results(counts=built.world["counts"])
+    store = open_store(built.store)
+    space = store.space(store.space_keys()[0])
+    for split in TEST_SPLITS:
+        results.add("global", split, evaluate(space, store.dataset(f"control-{split}"),
+                                              build_head("global", Dims.of(space.spec))))
+    _train_heads(os.path.join(out, "runs"), built.store, "control", config, progress, results)
+    return results
 
 
 # The sweep's points: scene complexity up, one knob at a time.
@@ -116,16 +143,21 @@ def run_sweep(out: str, config: DemoConfig = DemoConfig(), points: tuple[dict[st
               progress: bool = True) -> list[dict[str, Any]]:
     """The study at each point of `points` (changes to the world config); plots swap accuracy and swap
     group score against complexity for every method."""
+    with dask_client(ClusterConfig()) as client:
+        if progress:
+            print("== positive control (once, for every point)", flush=True)
+        control = run_control(os.path.join(out, "control"), config, client, progress)
     results = []
     for changes in points:
         label = _label(changes)
         if progress:
             print(f"== sweep point: {label}", flush=True)
         point = dataclasses.replace(config, world=dataclasses.replace(config.world, **changes))
-        summary = run_demo(os.path.join(out, label.replace(" ", "-").replace(",", "")), point, progress, plots=False)
+        summary = run_demo(os.path.join(out, label.replace(" ", "-").replace(",", "")), point, progress, plots=False,
+                           control=control)
         results.append({"label": label, "changes": changes, "results": summary["results"],
                         "world": summary["world"], "seconds": summary["seconds"]})
-    demo_report.write_sweep(out, results)
+    demo_report.write_sweep(out, results, control)
     return results
 
 
@@ -153,44 +185,35 @@ def _encoder_request(checkpoint: str) -> EncoderRequest:
     return EncoderRequest(ENCODER, checkpoint, image_tokens=("patches", "cls", "values"), projected=True)
 
 
-def _untrained_methods(store_uri: str, config: DemoConfig) -> dict[str, dict[str, Any]]:
+def _untrained_methods(store_uri: str, config: DemoConfig, results: Results) -> None:
     store = open_store(store_uri)
     space = store.space(ENCODER)
-    encoder = encoder_for(space) if config.crop_styles else None  # crops are the only stage that runs it
-    results: dict[str, dict[str, Any]] = {"global": {}, "maxsim (no training)": {}}
+    crops = any(s.startswith("crops") for s in config.region_sources)
+    encoder = encoder_for(space) if crops else None  # crops are the only stage that runs it
     for split in TEST_SPLITS:
         dataset = store.dataset(f"world-{split}")
-        results["global"][split] = evaluate(space, dataset, build_head("global", Dims.of(space.spec)))
-        results["maxsim (no training)"][split] = evaluate(
-            space, dataset, build_head("maxsim", Dims.of(space.spec), {"learnable": False}))
-        for source in config.pooled_sources:
-            method = f"diagnostic, pooled {source}"
-            results.setdefault(method, {})[split] = diagnose(space, dataset, pooled_regions(space, dataset, source))
-        for style in config.crop_styles:
-            results.setdefault(f"diagnostic, crops ({style})", {})[split] = diagnose(
-                space, dataset, crop_regions(encoder, dataset, style))
-    return results
+        results.add("global", split, evaluate(space, dataset, build_head("global", Dims.of(space.spec))))
+        results.add("maxsim (no training)", split,
+                    evaluate(space, dataset, build_head("maxsim", Dims.of(space.spec), {"learnable": False})))
+        for source in config.region_sources:
+            report = diagnose_with(space, dataset, source, encoder=encoder)
+            results.add(report["head"], split, report)
 
 
-def _train_heads(out: str, store_uri: str, config: DemoConfig, progress: bool,
-                 results: dict[str, dict[str, Any]]) -> dict[str, str]:
-    curves = {}
-    for head, head_config in config.heads.items():
-        run_dir = os.path.join(out, "runs", head)
-        path = os.path.join(out, "runs", f"{head}.json")
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w") as f:
-            json.dump(head_config, f)
-        reports = train(store_uri, "world-train", head, run_dir, eval_datasets=[f"world-{s}" for s in TEST_SPLITS],
-                        config_path=path, progress=progress)
-        results[head] = {split: reports[f"world-{split}"] for split in TEST_SPLITS}
-        curves[head] = os.path.join(run_dir, "log.jsonl")
-    return curves
-
-
-def _headline(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
-    return {method: {split: demo_report.headline(report) for split, report in by_split.items()}
-            for method, by_split in results.items()}
+def _train_heads(out: str, store_uri: str, prefix: str, config: DemoConfig, progress: bool,
+                 results: Results) -> None:
+    """Each configured head, once per seed, on `<prefix>-train`, evaluated on the test splits."""
+    os.makedirs(out, exist_ok=True)
+    for head, settings in config.heads.items():
+        for seed in config.seeds:
+            run_dir = os.path.join(out, f"{head}-seed{seed}")
+            path = run_dir + ".json"
+            with open(path, "w") as f:
+                json.dump({**settings, "train": {**settings["train"], "seed": seed}}, f)
+            reports = train(store_uri, f"{prefix}-train", head, run_dir, config_path=path, progress=progress,
+                            eval_datasets=[f"{prefix}-{s}" for s in TEST_SPLITS])
+            for split in TEST_SPLITS:
+                results.add(head, split, reports[f"{prefix}-{split}"], log=os.path.join(run_dir, "log.jsonl"))
 
 
 def _jsonable(config: DemoConfig) -> dict[str, Any]:

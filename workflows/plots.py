@@ -1,5 +1,5 @@
-"""The demo's figures (matplotlib, no screen): accuracy by negative type, training curves, example
-scenes with every method's verdict, and the complexity sweep."""
+"""The demo's figures (matplotlib, no screen): accuracy by negative type, the positive control,
+training curves (every seed), example scenes with every method's verdict, and the complexity sweep."""
 
 from __future__ import annotations
 
@@ -12,22 +12,22 @@ import matplotlib.pyplot as plt
 import numpy as np
 from PIL import Image
 
-from .report import SPLIT_NAMES
+from .results import SPLIT_NAMES, Results
 
 SUBSETS = ("swap_att", "swap_att_hard", "swap_obj", "replace_att", "replace_rel", "add_obj", "count")
 
 
-def bars_by_type(path: str, results: dict[str, dict[str, Any]]) -> str:
-    methods = list(results)
+def bars_by_type(path: str, results: Results) -> str:
+    """Accuracy per subset (mean over seeds) of every method, a panel per test split."""
+    methods = results.methods
     fig, axes = plt.subplots(1, 2, figsize=(16, 5), sharey=True)
     width = 0.8 / len(methods)
     for ax, (split, name) in zip(axes, SPLIT_NAMES.items()):
-        subsets = [s for s in SUBSETS if any(s in r[split].get("caption_accuracy", {}).get("by_subset", {})
-                                             for r in results.values())]
+        means = {m: results.mean_by_subset(m, split) for m in methods}
+        subsets = [s for s in SUBSETS if any(s in by_subset for by_subset in means.values())]
         x = np.arange(len(subsets))
         for i, method in enumerate(methods):
-            by_subset = results[method][split].get("caption_accuracy", {}).get("by_subset", {})
-            ax.bar(x + i * width, [100 * by_subset.get(s, np.nan) for s in subsets], width, label=method)
+            ax.bar(x + i * width, [100 * means[method].get(s, np.nan) for s in subsets], width, label=method)
         ax.axhline(50, color="grey", lw=0.8, ls="--")
         ax.set_xticks(x + 0.4 - width / 2, subsets, rotation=30, ha="right")
         ax.set_title(f"{name}: caption above its negative")
@@ -37,26 +37,38 @@ def bars_by_type(path: str, results: dict[str, dict[str, Any]]) -> str:
     return _save(fig, path, bottom=0.14)
 
 
-def training_curves(path: str, curves: dict[str, str]) -> str | None:
-    """Each head's training loss; accuracy during training too when a run evaluated often enough."""
-    if not curves:
+def control_bars(path: str, control: Results) -> str:
+    """The positive control: attribute swaps and replacements per method, with standard errors over seeds."""
+    keys = ("attribute swap", "replace")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, (split, name) in zip(axes, SPLIT_NAMES.items()):
+        x = np.arange(len(control.methods))
+        for i, key in enumerate(keys):
+            e = [control.estimate(m, split, key) for m in control.methods]
+            ax.bar(x + i * 0.4, [100 * v.mean for v in e], 0.4, yerr=[100 * v.se_seeds for v in e], label=key,
+                   capsize=3)
+        ax.axhline(50, color="grey", lw=0.8, ls="--")
+        ax.set_xticks(x + 0.2, control.methods, rotation=20, ha="right")
+        ax.set(title=f"positive control, {name}", ylim=(0, 105))
+    axes[0].set_ylabel("accuracy, %")
+    axes[0].legend(fontsize=8)
+    return _save(fig, path)
+
+
+def training_curves(path: str, logs: dict[str, list[str]]) -> str | None:
+    """Each head's training loss for every seed, with its chance level (ln K)."""
+    if not logs:
         return None
-    logs = {head: _records(log) for head, log in curves.items()}
-    evals = {head: [r for r in records if "eval" in r] for head, records in logs.items()}
-    with_curves = any(len(e) >= 3 for e in evals.values())
-    fig, axes = plt.subplots(1, 2 if with_curves else 1, figsize=(12 if with_curves else 6.5, 4), squeeze=False)
-    for head, records in logs.items():
-        steps = [r for r in records if "loss" in r]
-        axes[0][0].plot([r["step"] for r in steps], [r["loss"] for r in steps], label=head)
-        for dataset in sorted({d for r in evals[head] for d in r["eval"]}) if with_curves else ():
-            points = [r for r in evals[head] if dataset in r["eval"]]
-            axes[0][1].plot([r["step"] for r in points], [100 * r["eval"][dataset]["accuracy"] for r in points],
-                            marker="o", label=f"{head} {dataset}")
-    axes[0][0].set(title="training loss", xlabel="step")
-    axes[0][0].legend(fontsize=8)
-    if with_curves:
-        axes[0][1].set(title="accuracy during training, %", xlabel="step")
-        axes[0][1].legend(fontsize=7)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for colour, (head, paths) in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"], logs.items()):
+        for i, log in enumerate(paths):
+            steps = [r for r in _records(log) if "loss" in r]
+            ax.plot([r["step"] for r in steps], [r["loss"] for r in steps], color=colour, alpha=0.8,
+                    label=head if i == 0 else None)
+            if i == 0 and steps and "chance_loss" in steps[0]:
+                ax.axhline(np.mean([r["chance_loss"] for r in steps]), color=colour, lw=0.8, ls=":")
+    ax.set(title="training loss, every seed (dotted: chance, ln K)", xlabel="step")
+    ax.legend(fontsize=8)
     return _save(fig, path)
 
 
@@ -65,7 +77,7 @@ def _records(log: str) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f]
 
 
-def example_scenes(path: str, results: dict[str, dict[str, Any]], world_dir: str, n: int = 4) -> str | None:
+def example_scenes(path: str, results: Results, world_dir: str, n: int = 4) -> str | None:
     """Out-of-domain hard swaps (or any swaps): the image, both captions, and who got it right."""
     rows = _rows(os.path.join(world_dir, "test_ood.jsonl"))
     picked = [r for r in rows if r["subset"] == "swap_att_hard"][:n] or [r for r in rows if r["type"] == "swap"][:n]
@@ -76,8 +88,8 @@ def example_scenes(path: str, results: dict[str, dict[str, Any]], world_dir: str
         ax.imshow(Image.open(os.path.join(world_dir, row["image"])))
         ax.axis("off")
         verdicts = []
-        for method, by_split in results.items():
-            scores = by_split["test_ood"].get("item_scores")
+        for method, by_split in results.reports.items():  # the first seed's scores
+            scores = by_split["test_ood"][0].get("item_scores")
             if scores and row["item_id"] in scores["item_id"]:
                 i = scores["item_id"].index(row["item_id"])
                 right = scores["positive"][i] > scores["negative"][i]
@@ -90,7 +102,8 @@ def example_scenes(path: str, results: dict[str, dict[str, Any]], world_dir: str
 
 
 def sweep(path: str, points: list[dict[str, Any]], keys: tuple[str, ...]) -> str:
-    """Each headline in `keys` against scene complexity, one line per method, a column per split."""
+    """Each headline in `keys` against scene complexity, one line per method (error bars: standard
+    error over seeds), a column per split."""
     fig, axes = plt.subplots(len(keys), 2, figsize=(13, 4 * len(keys)), sharex=True, squeeze=False)
     labels = [p["label"] for p in points]
     methods = list(points[0]["results"])
@@ -98,8 +111,9 @@ def sweep(path: str, points: list[dict[str, Any]], keys: tuple[str, ...]) -> str
         for row, key in enumerate(keys):
             ax = axes[row][col]
             for method in methods:
-                values = [100 * p["results"][method][split].get(key, np.nan) for p in points]
-                ax.plot(labels, values, marker="o", label=method)
+                values = [p["results"][method][split][key] for p in points]
+                ax.errorbar(labels, [100 * v["mean"] for v in values], yerr=[100 * v["se_seeds"] for v in values],
+                            marker="o", capsize=3, label=method)
             ax.set(title=f"{name}: {key}, %", ylim=(0, 100))
             ax.tick_params(axis="x", rotation=20)
     axes[0][1].legend(fontsize=7)

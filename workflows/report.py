@@ -1,53 +1,82 @@
-"""The demo's report: one Markdown file with the run's own numbers stated plainly, report.json, and
-PNG plots (per-type bars, training curves, example scenes with their scores)."""
+"""The demo's report: one Markdown file whose sentences are computed from the run's numbers (means
+and standard errors over training seeds), report.json, and PNG plots.
+
+Its order is the order of trust: first the positive control (can each head learn what is known to
+be in the tokens?), then whether the world encoder's global cosine is bag-of-words-like, then the
+local methods against it. A head that failed the control, or whose loss never left chance, has its
+numbers shown but no verdict drawn from them."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any
 
-import numpy as np
-
 from trainer.metrics import markdown_table
 
-SPLIT_NAMES = {"test_id": "in-domain", "test_ood": "out-of-domain"}
-SWAP = ("swap_att", "swap_att_hard", "swap_obj")  # SugarCrepe's SWAP: attributes and objects
-ATTRIBUTE_SWAP = ("swap_att", "swap_att_hard")  # binding: the same words, other pairs
-REPLACE = ("replace_att", "add_obj")  # content: a word the scene does not support
-RELATION = ("swap_obj", "replace_rel")  # spatial relations, reversed or replaced
+from .results import SPLIT_NAMES, Estimate, Results, compare, difference_text
+
 # A global cosine counts as bag-of-words-like on swaps when it trails its replace accuracy by this much.
 WEAK_GAP = 0.10
+PASS = 0.90  # attribute-swap accuracy a head must reach on the control, in-domain and out-of-domain
+VALID = 0.60  # the control is valid while global methods stay at or below this on its swaps
+GLOBAL_METHODS = ("global", "global-mlp")  # read only global embeddings: chance on the control's swaps
+KEYS = ("attribute swap", "hard swap", "replace", "relation", "group")
 
 
-def headline(report: dict[str, Any]) -> dict[str, float]:
-    """The few numbers the study turns on, from one method's report on one split."""
-    by_subset = report.get("caption_accuracy", {}).get("by_subset", {})
-    out = {"all": by_subset.get("all", np.nan), "swap": _mean(by_subset, SWAP),
-           "attribute swap": _mean(by_subset, ATTRIBUTE_SWAP), "hard swap": by_subset.get("swap_att_hard", np.nan),
-           "replace": _mean(by_subset, REPLACE), "relation": _mean(by_subset, RELATION)}
-    if "bivlc" in report:
-        out["group"] = report["bivlc"]["group"]["by_type"].get("all", np.nan)
-        out["swap group"] = report["bivlc"]["group"]["by_type"].get("swap", np.nan)
-    return {k: float(v) for k, v in out.items()}
+# -- the positive control ---------------------------------------------------------------------------
+
+def control_verdicts(control: Results) -> list[str]:
+    """Is the control valid, and which trained heads pass it?"""
+    lines = []
+    for method in control.methods:
+        swaps = [control.estimate(method, s, "attribute swap") for s in SPLIT_NAMES]
+        scores = " and ".join(f"{e.text()}% {name}" for e, name in zip(swaps, SPLIT_NAMES.values()))
+        if method in GLOBAL_METHODS:
+            valid = all(e.mean <= VALID for e in swaps)
+            lines.append(f"- {method}: {scores} on attribute swaps: " + (
+                "at chance, as the control is built to make it (**the control is valid**)." if valid else
+                f"above {100 * VALID:.0f}%: **the control is broken** (global embeddings must not hold the binding)."))
+        elif control.trained(method):
+            lines.append(f"- {method}: {scores} on attribute swaps: " + _control_outcome(control, method, swaps))
+    return lines
 
 
-def _mean(by_subset: dict[str, float], names: tuple[str, ...]) -> float:
-    values = [by_subset[n] for n in names if n in by_subset]
-    return float(np.mean(values)) if values else np.nan
+def passed_control(control: Results | None, method: str) -> bool:
+    if control is None or method not in control.methods or not control.trained(method):
+        return True  # untrained methods are not put to the control
+    swaps = [control.estimate(method, s, "attribute swap") for s in SPLIT_NAMES]
+    return control.at_chance(method) == 0 and all(e.mean >= PASS for e in swaps)
 
 
-def verdicts(headlines: dict[str, dict[str, dict[str, float]]]) -> list[str]:
-    """What the numbers say, in sentences; computed, so they stay true whatever the run measured."""
-    return encoder_verdicts(headlines["global"]) + _comparisons(headlines)
+def _control_outcome(control: Results, method: str, swaps: list[Estimate]) -> str:
+    stuck = control.at_chance(method)
+    if stuck:
+        return f"**fails**: its loss stayed at chance in {stuck} of {swaps[0].seeds} seeds."
+    if passed_control(control, method):
+        return f"**passes** (at least {100 * PASS:.0f}% in each split, every seed trained)."
+    return f"**fails** (under {100 * PASS:.0f}% in a split): its results below say nothing about the encoder."
 
 
-def encoder_verdicts(g: dict[str, dict[str, float]]) -> list[str]:
+def _control_table(control: Results) -> str:
+    columns = [f"{name} {k}" for name in SPLIT_NAMES.values() for k in ("attribute swap", "replace")]
+    rows = {m: {f"{name} {k}": control.estimate(m, s, k).text() for s, name in SPLIT_NAMES.items()
+                for k in ("attribute swap", "replace")} for m in control.methods}
+    for m in control.methods:
+        rows[m]["runs at chance"] = f"{control.at_chance(m)} / {len(control.reports[m]['test_id'])}" \
+            if control.trained(m) else "-"
+    return markdown_table(rows, [*columns, "runs at chance"])
+
+
+# -- the world encoder and the methods on it --------------------------------------------------------
+
+def encoder_verdicts(results: Results) -> list[str]:
     """Whether the frozen encoder's global cosine is bag-of-words-like on swaps, per test split."""
     lines = []
     for split, name in SPLIT_NAMES.items():
-        h = g[split]
-        gap = h["replace"] - h["attribute swap"]
+        h = {k: results.estimate("global", split, k) for k in ("attribute swap", "hard swap", "replace", "relation")}
+        gap = h["replace"].mean - h["attribute swap"].mean
         verdict = (f"**bag-of-words-like on swaps** (a gap of {100 * gap:.1f} points)" if gap >= WEAK_GAP else
                    f"**not** bag-of-words-like on swaps here (a gap of {100 * gap:.1f} points, under the "
                    f"{100 * WEAK_GAP:.0f} this report calls weak)")
@@ -58,86 +87,110 @@ def encoder_verdicts(g: dict[str, dict[str, float]]) -> list[str]:
     return lines
 
 
-def _comparisons(headlines: dict[str, dict[str, dict[str, float]]]) -> list[str]:
-    """Per split, which methods beat global cosine on attribute swaps and on hard swaps."""
+def comparisons(results: Results, control: Results | None) -> list[str]:
+    """Per split and key, every other method against global cosine, by intervals; methods that did
+    not train or did not pass the control get no verdict."""
     lines = []
     for split, name in SPLIT_NAMES.items():
-        parts = []
         for key in ("attribute swap", "hard swap"):
-            base = headlines["global"][split][key]
-            others = ((h[split][key], m) for m, h in headlines.items() if m != "global")
-            better = sorted(((v, m) for v, m in others if v > base), reverse=True)
-            beaten = ", ".join(f"{m} ({_pc(v)})" for v, m in better) or "no method"
-            parts.append(f"on {key}s, {beaten} beat{'s' if len(better) < 2 else ''} global cosine ({_pc(base)})")
-        lines.append(f"- {name}: {'; '.join(parts)}.")
+            base = results.estimate("global", split, key)
+            groups: dict[str, list[str]] = {"above": [], "level with": [], "below": [], "not comparable with": []}
+            excluded = []
+            for method in results.methods:
+                if method == "global":
+                    continue
+                if results.at_chance(method) or not passed_control(control, method):
+                    excluded.append(method)
+                    continue
+                e = results.estimate(method, split, key)
+                groups[compare(e, base)].append(f"{method} ({e.text()}%, {difference_text(e, base)})")
+            said = [f"{relation} it: {', '.join(found)}" for relation, found in groups.items() if found]
+            line = f"- {name}, {key}s (global cosine {base.text()}%): {'; '.join(said) or 'no other method'}."
+            if excluded:
+                line += f" No verdict from {', '.join(excluded)} (did not train, or failed the positive control)."
+            lines.append(line)
     return lines
 
 
-def _sample_sizes(summary: dict[str, Any]) -> str:
-    """How many items the hard-swap figures rest on, and the noise that comes with so few."""
-    parts = []
-    for split, name in SPLIT_NAMES.items():
-        n = summary["world"].get(split, {}).get("swap_att_hard", 0)
-        p = summary["results"]["global"][split]["hard swap"]
-        error = 100 * np.sqrt(p * (1 - p) / n) if n else np.nan
-        parts.append(f"{n} {name} (one standard error about {error:.0f} points)")
-    return f"- Hard swaps are few: {' and '.join(parts)}; read their differences with that in mind."
+def _world_table(results: Results) -> str:
+    columns = [f"{name} {k}" for name in SPLIT_NAMES.values() for k in KEYS]
+    rows = {m: {f"{name} {k}": results.estimate(m, s, k).text() for s, name in SPLIT_NAMES.items() for k in KEYS}
+            for m in results.methods}
+    for m in results.methods:
+        passes = results.reports[m]["test_id"][0].get("encoder_passes_per_image", 1.0)
+        rows[m]["encoder passes / image"] = f"{passes:.1f}"
+    return markdown_table(rows, [*columns, "encoder passes / image"])
 
 
-def _pc(value: float) -> str:
-    return f"{100 * value:.1f}%"
+def _sample_sizes(results: Results) -> str:
+    parts = [f"{results.items(s, 'hard swap')} {name} hard swaps and {results.items(s, 'attribute swap')} "
+             f"attribute swaps" for s, name in SPLIT_NAMES.items()]
+    return (f"- Sample sizes: {' and '.join(parts)}. A verdict needs a difference beyond two standard errors, "
+            "counting both the spread over seeds and the binomial error of so many items.")
 
 
-def write(out: str, summary: dict[str, Any], results: dict[str, dict[str, Any]], curves: dict[str, str],
-          world_dir: str, plots: bool = True) -> None:
+def _pc(e: Estimate) -> str:
+    return "-" if math.isnan(e.mean) else f"{e.text()}%"
+
+
+# -- writing ----------------------------------------------------------------------------------------
+
+def write(out: str, summary: dict[str, Any], results: Results, control: Results, world_dir: str,
+          plots: bool = True) -> None:
     with open(os.path.join(out, "report.json"), "w") as f:
-        full = {m: {s: {k: v for k, v in r.items() if k != "item_scores"} for s, r in by.items()}
-                for m, by in results.items()}
-        json.dump({**summary, "reports": full}, f, indent=2, default=float)
-    figures = _plots(out, summary["results"], results, curves, world_dir) if plots else []
+        json.dump({**summary, "control": control.headlines(), "results": results.headlines(),
+                   "reports": _without_scores(results), "control_reports": _without_scores(control)},
+                  f, indent=2, default=float)
+    figures = _plots(out, results, control, world_dir) if plots else []
     with open(os.path.join(out, "report.md"), "w") as f:
-        f.write(markdown(summary, results, figures))
+        f.write(markdown(summary, results, control, figures))
 
 
-def markdown(summary: dict[str, Any], results: dict[str, dict[str, Any]], figures: list[str]) -> str:
-    headlines = summary["results"]
-    keys = ("attribute swap", "hard swap", "replace", "relation", "group")
-    columns = [f"{SPLIT_NAMES[s]} {k}" for s in SPLIT_NAMES for k in keys]
-    rows = {method: {f"{SPLIT_NAMES[s]} {k}": h[s].get(k) for s in SPLIT_NAMES for k in keys}
-            for method, h in headlines.items()}
-    for method, by_split in results.items():
-        passes = by_split["test_id"].get("encoder_passes_per_image", 1.0)
-        rows[method]["encoder passes / image"] = f"{passes:.1f}"
-    world = summary["config"]["world"]
+def markdown(summary: dict[str, Any], results: Results, control: Results, figures: list[str]) -> str:
+    world, seeds = summary["config"]["world"], summary["config"]["seeds"]
     lines = [
         "# vlcache demo: does global cosine inference fail where local methods hold?", "",
+        f"Every trained head was trained with {len(seeds)} seeds ({', '.join(map(str, seeds))}); cells are mean ± "
+        "standard error over seeds, in %. Heads were trained on cached tensors only.", "",
+        "## 1. The positive control: can each head learn what is known to be in the tokens?", "",
+        "A synthetic encoder (`workflows/control`) whose global embeddings are a bag of words by construction and "
+        "whose patch and text tokens carry the colour-shape binding; out-of-domain = unseen colour-shape pairs.", "",
+        *control_verdicts(control), "", _control_table(control),
+        "## 2. The world encoder", "",
         f"World: {world['min_objects']}-{world['max_objects']} objects per scene, attributes "
         f"{', '.join(world['attributes']) or 'none'} (+ shape), {world['image_size']} px, relations "
         f"{'on' if world['relations'] else 'off'}, seed {world['seed']}; {world['n_train']} training scenes, "
         f"{world['n_test']} per test split. Encoder: `{summary['config']['pretrain']['model']}` pretrained from "
-        "scratch with the CLIP loss (no hard negatives), frozen. Heads were trained on the cached tensors only.", "",
-        "## What this run measured", "", *verdicts(headlines), _sample_sizes(summary), "",
-        "## Accuracy (caption above its negative) and BiVLC group score, %", "",
-        markdown_table(rows, [*columns, "encoder passes / image"]),
+        "scratch with the CLIP loss (no hard negatives), frozen.", "",
+        *encoder_verdicts(results), "",
+        "## 3. Methods against global cosine on the world", "",
+        *comparisons(results, control), _sample_sizes(results), "",
+        _world_table(results),
         "Attribute swap = mean of swap_att and swap_att_hard; hard swap = swap_att_hard alone (the two objects "
         "differ only in the swapped binding); replace = mean of replace_att and add_obj; relation = mean of "
         "swap_obj and replace_rel; group = BiVLC group score (both directions right, chance 1/6).", "",
     ]
     for split, name in SPLIT_NAMES.items():
-        accuracy = {m: by[split].get("caption_accuracy", {}).get("by_subset", {}) for m, by in results.items()}
-        subsets = sorted({k for by_subset in accuracy.values() for k in by_subset})
-        table = {m: {k: by_subset.get(k) for k in subsets} for m, by_subset in accuracy.items()}
-        lines += [f"### {name}: accuracy by subset, %", "", markdown_table(table, subsets)]
+        table = {m: results.mean_by_subset(m, split) for m in results.methods}
+        subsets = sorted({k for by_subset in table.values() for k in by_subset})
+        lines += [f"### {name}: accuracy by subset (mean over seeds), %", "", markdown_table(table, subsets)]
     lines += [f"![{os.path.splitext(os.path.basename(f))[0]}]({f})" for f in figures]
     timings = ", ".join(f"{k} {v:.0f}s" for k, v in summary["timings"].items())
     lines += ["", f"Run time: {summary['seconds'] / 60:.1f} min ({timings}).", ""]
     return "\n".join(lines)
 
 
+def _without_scores(results: Results) -> dict[str, Any]:
+    return {m: {s: [{k: v for k, v in r.items() if k != "item_scores"} for r in runs] for s, runs in by.items()}
+            for m, by in results.reports.items()}
+
+
+# -- the sweep ----------------------------------------------------------------------------------------
+
 SWEEP_KEYS = ("attribute swap", "hard swap", "swap group")
 
 
-def write_sweep(out: str, points: list[dict[str, Any]]) -> None:
+def write_sweep(out: str, points: list[dict[str, Any]], control: Results) -> None:
     """sweep.json, sweep.md and sweep.png: each method's swap scores against scene complexity."""
     import matplotlib
 
@@ -146,15 +199,19 @@ def write_sweep(out: str, points: list[dict[str, Any]]) -> None:
 
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "sweep.json"), "w") as f:
-        json.dump(points, f, indent=2, default=float)
+        json.dump({"control": control.headlines(), "points": points}, f, indent=2, default=float)
     figure = os.path.relpath(plots.sweep(os.path.join(out, "sweep.png"), points, SWEEP_KEYS), out)
     lines = ["# vlcache demo sweep: where does global cosine break?", "",
-             "Each point is the demo at about half its size, one knob changed (see `sweep.json`).", ""]
+             "Each point is the demo at about half its size, one knob changed (see `sweep.json`); cells are mean ± "
+             "standard error over training seeds, in %.", "",
+             "## The positive control (once, for every point)", "", *control_verdicts(control), "",
+             _control_table(control)]
     for split, name in SPLIT_NAMES.items():
         lines += [f"## {name}: global cosine against the best other method", "", _sweep_summary(points, split)]
     for split, name in SPLIT_NAMES.items():
         for key in SWEEP_KEYS:
-            rows = {m: {p["label"]: p["results"][m][split].get(key) for p in points} for m in points[0]["results"]}
+            rows = {m: {p["label"]: _estimate(p["results"][m][split][key]).text() for p in points}
+                    for m in points[0]["results"]}
             lines += [f"## {name}: {key}, %", "", markdown_table(rows, [p["label"] for p in points])]
     lines += [f"![sweep]({figure})", ""]
     with open(os.path.join(out, "sweep.md"), "w") as f:
@@ -162,21 +219,26 @@ def write_sweep(out: str, points: list[dict[str, Any]]) -> None:
 
 
 def _sweep_summary(points: list[dict[str, Any]], split: str) -> str:
-    """Per point: how far global cosine trails on attribute swaps, and the best other method there."""
+    """Per point: how far global cosine trails on attribute swaps, the best other method there, and
+    whether it is above global by the intervals."""
     rows = {}
     for p in points:
-        g = p["results"]["global"][split]
-        best = max((m for m in p["results"] if m != "global"), key=lambda m: p["results"][m][split]["attribute swap"])
-        best_value = p["results"][best][split]["attribute swap"]
-        hard = p.get("world", {}).get(split, {}).get("swap_att_hard")
-        rows[p["label"]] = {"global attribute swap": g["attribute swap"], "global replace": g["replace"],
-                            "gap, points": f"{100 * (g['replace'] - g['attribute swap']):.1f}",
-                            "best other method": best, "its attribute swap": best_value,
-                            "hard swaps (n)": "-" if hard is None else str(hard)}
+        at = {m: _estimate(h[split]["attribute swap"]) for m, h in p["results"].items()}
+        replace = _estimate(p["results"]["global"][split]["replace"])
+        best = max((m for m in at if m != "global"), key=lambda m: at[m].mean)
+        rows[p["label"]] = {"global attribute swap": at["global"].text(), "global replace": replace.text(),
+                            "gap, points": f"{100 * (replace.mean - at['global'].mean):.1f}",
+                            "best other method": best, "its attribute swap": at[best].text(),
+                            "against global": compare(at[best], at["global"]),
+                            "hard swaps (n)": str(p["world"].get(split, {}).get("swap_att_hard", "-"))}
     return markdown_table(rows, index_name="point")
 
 
-def _plots(out: str, headlines, results, curves, world_dir: str) -> list[str]:
+def _estimate(value: dict[str, Any]) -> Estimate:
+    return Estimate(value["mean"], value["se_seeds"], value["seeds"], value["items"])
+
+
+def _plots(out: str, results: Results, control: Results, world_dir: str) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")  # no screen
@@ -184,6 +246,7 @@ def _plots(out: str, headlines, results, curves, world_dir: str) -> list[str]:
 
     return [os.path.relpath(p, out) for p in (
         plots.bars_by_type(os.path.join(out, "by_type.png"), results),
-        plots.training_curves(os.path.join(out, "training.png"), curves),
+        plots.control_bars(os.path.join(out, "control.png"), control),
+        plots.training_curves(os.path.join(out, "training.png"), results.logs),
         plots.example_scenes(os.path.join(out, "examples.png"), results, world_dir),
     ) if p]
