@@ -45,6 +45,7 @@ class EmbeddingSpace:
     """The spec of one encoder's embedding space, as stored in `spaces/<key>/space.json`.
 
     encoder: the code that computes it: "open_clip", or "module:Class" for a plug-in encoder.
+    tokenizer: a local tokenizer folder's digest, when one replaced the model's hub tokenizer.
     weights: "pretrained:<tag>", "sha256:<hex of the checkpoint's bytes>", or "random:<seed>".
     layer: the transformer block whose tokens are stored, counted like Python indices (-1 = last).
     projected: tokens pass through the final norm and the projection into the joint space.
@@ -63,7 +64,9 @@ class EmbeddingSpace:
     dtype: str = "float16"
     extraction_version: int = EXTRACTION_VERSION
     encoder: str = DEFAULT_ENCODER
+    tokenizer: str | None = None  # "sha256:..." of a local tokenizer folder; None: the model's own
     checkpoint_path: str | None = None
+    tokenizer_path: str | None = None  # where the local tokenizer was (provenance; workers load it)
     versions: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -88,8 +91,11 @@ class EmbeddingSpace:
     def key(self) -> str:
         """A stable, readable identifier: the model's name plus a hash of the fields that matter."""
         payload = {name: _jsonable(getattr(self, name)) for name in _KEY_FIELDS}
-        if self.encoder != DEFAULT_ENCODER:  # left out by default, so open_clip keys stay what they were
+        # Left out at their defaults, so keys made before these fields existed stay what they were.
+        if self.encoder != DEFAULT_ENCODER:
             payload["encoder"] = self.encoder
+        if self.tokenizer is not None:
+            payload["tokenizer"] = self.tokenizer
         digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
         return f"{_slug(self.model)}-{digest}"
 

@@ -5,6 +5,7 @@ record lands, so a worker killed mid-shard leaves nothing a reader can see."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from collections import deque
@@ -34,6 +35,7 @@ class ShardTask:
     shard: int
     rows: pa.Table  # the shard's planned rows, sorted by row
     pretrained: str | None  # as the driver found it (a checkpoint's absolute path there may differ from the store's)
+    tokenizer_path: str | None = None  # likewise, a local tokenizer folder
     device: str = "auto"
     batch_size: int = 64
     torch_threads: int | None = None
@@ -65,7 +67,8 @@ def _encoder(space: SpaceEmbeddings, task: ShardTask) -> Encoder:
         _ENCODERS.clear()  # frees the previous model's memory before loading another
         if task.torch_threads:
             torch.set_num_threads(task.torch_threads)
-        _ENCODERS[key] = load_encoder(space.spec, task.pretrained, device)
+        spec = dataclasses.replace(space.spec, tokenizer_path=task.tokenizer_path or space.spec.tokenizer_path)
+        _ENCODERS[key] = load_encoder(spec, task.pretrained, device)
     return _ENCODERS[key]
 
 

@@ -38,11 +38,12 @@ class EncoderRequest:
 
     model: str
     pretrained: str | None = None
-    image_tokens: tuple[str, ...] = ("patches", "cls")
+    image_tokens: tuple[str, ...] | None = None  # None: patches, and the class token where the tower has one
     layer: int = -1
     projected: bool = False
     dtype: str = "float16"
     encoder: str = OPEN_CLIP  # "open_clip", or "module:Class" naming an Encoder subclass
+    tokenizer: str | None = None  # a local folder for a tokenizer open_clip would fetch from the hub
 
 
 class Tokenizer(ABC):

@@ -1,12 +1,20 @@
 """The built-in encoder family: frozen open_clip models, described as an EmbeddingSpace without
 loading weights, and run to produce the arrays a space stores.
 
+Families: CLIP (open_clip's own ViT towers: class token, value-path features, causal text trimmed
+to the batch's longest caption), and timm image towers (SigLIP, SigLIP2, Perception Encoder, ...:
+class token where the trunk has one, attention-pool heads) with open_clip's text towers, causal or
+bidirectional (SigLIP's, pooled at the last position, is never trimmed).
+
 An encoder is (model name, weights), never the name alone: weights are a pretrained tag, a local
-checkpoint (identified by the sha256 of its bytes), or a seeded random init for tests and demos."""
+checkpoint (identified by the sha256 of its bytes), or a seeded random init for tests and demos.
+Tokenizers that open_clip fetches from the Hugging Face hub can be given as a local folder
+(`tokenizer=`), identified by the sha256 of its files."""
 
 from __future__ import annotations
 
 import difflib
+import hashlib
 import logging
 import os
 from contextlib import contextmanager
@@ -17,6 +25,7 @@ import numpy as np
 import open_clip
 import torch
 import torch.nn.functional as F
+from open_clip.tokenizer import HFTokenizer
 from open_clip.transform import PreprocessCfg, image_transform_v2
 from open_clip.transformer import text_global_pool
 
@@ -60,11 +69,13 @@ def describe_model(request: EncoderRequest) -> EmbeddingSpace:
         model = open_clip.create_model(request.model, pretrained=None, device="meta",
                                        force_quick_gelu=bool(tag_cfg.get("quick_gelu", False)))
     _check_layer(request.layer, model)
-    if "values" in request.image_tokens and not _has_value_path(model.visual):
-        raise UnknownModelError(f"{request.model}'s image tower has no CLIP-style value path: "
-                                "drop 'values' from --tokens")
+    tokens = _image_tokens(request, model.visual)
+    if request.projected and getattr(model.visual, "proj", None) is None:
+        raise UnknownModelError(f"{request.model}'s image tower has no linear projection into the joint space "
+                                "(it pools with an attention head): store raw tokens (drop --projected)")
     preprocess = open_clip.transform.merge_preprocess_dict(model.visual.preprocess_cfg, tag_cfg)
     text = _TextTower.of(model)
+    tokenizer = tokenizer_id(request.model, request.tokenizer)
     return EmbeddingSpace(
         model=request.model,
         weights=weights,
@@ -72,13 +83,73 @@ def describe_model(request: EncoderRequest) -> EmbeddingSpace:
         context_length=int(model.context_length),
         text_trim="causal" if text is not None and text.causal else "none",
         dims=_dims(model),
-        image_tokens=tuple(request.image_tokens),
+        image_tokens=tokens,
         layer=request.layer,
         projected=request.projected,
         dtype=request.dtype,
+        tokenizer=tokenizer,
         checkpoint_path=os.path.abspath(request.pretrained) if weights.startswith("sha256:") else None,
+        tokenizer_path=os.path.abspath(request.tokenizer) if tokenizer else None,
         versions={"open_clip": open_clip.__version__, "torch": torch.__version__.split("+")[0]},
     )
+
+
+def _image_tokens(request: EncoderRequest, visual: torch.nn.Module) -> tuple[str, ...]:
+    """The requested image tokens, checked against the tower; by default patches, and the class token
+    where the tower has one."""
+    has_cls = _has_cls(visual)
+    if request.image_tokens is None:
+        return ("patches", "cls") if has_cls else ("patches",)
+    if "cls" in request.image_tokens and not has_cls:
+        raise UnknownModelError(f"{request.model}'s image tower has no class token: drop 'cls' from --tokens")
+    if "values" in request.image_tokens and not _has_value_path(visual):
+        raise UnknownModelError(f"{request.model}'s image tower has no CLIP-style value path: "
+                                "drop 'values' from --tokens")
+    return tuple(request.image_tokens)
+
+
+def _has_cls(visual: torch.nn.Module) -> bool:
+    trunk = getattr(visual, "trunk", None)
+    if trunk is not None:  # a timm tower
+        return getattr(trunk, "cls_token", None) is not None
+    return getattr(visual, "class_embedding", None) is not None
+
+
+def tokenizer_id(model: str, folder: str | None) -> str | None:
+    """None when open_clip's own tokenizer for the model is available here; "sha256:..." of a local
+    tokenizer folder's files. One line naming the fix when the model's tokenizer lives on the hub."""
+    hub_name = _text_cfg(model).get("hf_tokenizer_name")
+    if folder is not None:
+        if not hub_name:
+            raise UnknownModelError(f"--tokenizer is for models whose tokenizer comes from the Hugging Face hub; "
+                                    f"{model} uses open_clip's built-in tokenizer")
+        if not os.path.isdir(folder):
+            raise UnknownModelError(f"--tokenizer {folder} is not a folder (save one with tokenizer.save_pretrained)")
+        return f"sha256:{folder_sha256(folder)}"
+    if hub_name:
+        try:
+            with _quiet():
+                open_clip.get_tokenizer(model)
+        except Exception as exc:  # offline, not cached, no transformers: any of them means no tokenizer
+            raise UnknownModelError(
+                f"{model} tokenizes with the Hugging Face tokenizer {hub_name}, which cannot be loaded here "
+                f"({type(exc).__name__}); pass --tokenizer DIR, a local copy of it (tokenizer.save_pretrained)"
+            ) from None
+    return None
+
+
+def _text_cfg(model: str) -> dict:
+    return (open_clip.get_model_config(model) or {}).get("text_cfg", {})
+
+
+def folder_sha256(folder: str) -> str:
+    """One digest of every file under `folder` (names and bytes, in sorted order)."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(folder).rglob("*")):
+        if path.is_file():
+            digest.update(str(path.relative_to(folder)).encode() + b"\0")
+            digest.update(bytes.fromhex(file_sha256(str(path))))
+    return digest.hexdigest()
 
 
 def _tag_cfg(model: str, pretrained: str | None, weights: str) -> dict:
@@ -121,8 +192,9 @@ def _dims(model: torch.nn.Module) -> dict[str, int]:
     patch_dim = getattr(getattr(model.visual, "transformer", None), "width", None) or model.visual.trunk.num_features
     text = _TextTower.of(model)
     text_dim = text.width if text else model.text.output_dim
-    return {"patches": patches, "patch_dim": int(patch_dim), "text_dim": int(text_dim),
-            "embed_dim": int(model.visual.output_dim)}
+    # timm towers have no output_dim: the text tower's (or the model config's) embedding width is the joint one
+    embed_dim = getattr(model.visual, "output_dim", None) or getattr(getattr(model, "text", None), "output_dim", None)
+    return {"patches": patches, "patch_dim": int(patch_dim), "text_dim": int(text_dim), "embed_dim": int(embed_dim)}
 
 
 @dataclass
@@ -162,10 +234,17 @@ class _TextTower:
 
 
 class TextTokenizer(Tokenizer):
-    """open_clip's tokenizer for a model, plus each text's count of real (non-pad) tokens."""
+    """open_clip's tokenizer for a model (or a local copy of its Hugging Face tokenizer), plus each
+    text's count of real (non-pad) tokens."""
 
-    def __init__(self, model: str):
-        self.tokenizer = open_clip.get_tokenizer(model)
+    def __init__(self, model: str, folder: str | None = None):
+        if folder is None:
+            with _quiet():
+                self.tokenizer = open_clip.get_tokenizer(model)
+        else:
+            cfg = _text_cfg(model)
+            self.tokenizer = HFTokenizer(folder, context_length=cfg.get("context_length", 77),
+                                         **cfg.get("tokenizer_kwargs", {}))
         self.pad_id = getattr(getattr(self.tokenizer, "tokenizer", None), "pad_token_id", None) or 0
 
     def __call__(self, texts):
@@ -182,7 +261,7 @@ class OpenClipEncoder(Encoder):
 
     @classmethod
     def tokenizer(cls, space: EmbeddingSpace) -> Tokenizer:
-        return TextTokenizer(space.model)
+        return TextTokenizer(space.model, space.tokenizer_path)
 
     def __init__(self, space: EmbeddingSpace, pretrained: str | None, device: str = "cpu"):
         super().__init__(space, pretrained, device)
@@ -262,11 +341,8 @@ class OpenClipEncoder(Encoder):
                 arrays["image_values"] = self._value_path(last_input[0])
         if "patches" in self.space.image_tokens:
             arrays["image_patches"] = self._project_image(out["image_intermediates"][0])
-        if "cls" in self.space.image_tokens:
-            prefix = out.get("image_intermediates_prefix")
-            if not prefix or prefix[0].shape[1] == 0:
-                raise VlcacheError(f"{self.space.model} has no CLS token; store image tokens 'patches' only")
-            arrays["image_cls"] = self._project_image(prefix[0][:, 0])
+        if "cls" in self.space.image_tokens:  # describe() checked the tower has one, first of its prefix tokens
+            arrays["image_cls"] = self._project_image(out["image_intermediates_prefix"][0][:, 0])
         return {name: self._to_numpy(value) for name, value in arrays.items()}
 
     @contextmanager
@@ -295,9 +371,4 @@ class OpenClipEncoder(Encoder):
         return dense[:, -self.space.dims["patches"]:]
 
     def _project_image(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.space.projected:
-            return x
-        proj = getattr(self.model.visual, "proj", None)
-        if proj is None:
-            raise VlcacheError(f"projected image tokens are not supported for {self.space.model}'s image tower")
-        return x @ proj
+        return x @ self.model.visual.proj if self.space.projected else x  # describe() refused towers without one

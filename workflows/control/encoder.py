@@ -49,17 +49,18 @@ STARTS = ("a", "an", "and", ",", ";", "the", *NUMBERS.values())  # words that op
 class ControlEncoder(Encoder):
     @classmethod
     def describe(cls, request: EncoderRequest) -> EmbeddingSpace:
-        unsupported = set(request.image_tokens) - {"patches", "cls"}
-        if unsupported or request.layer != -1 or request.projected or request.pretrained:
+        tokens = request.image_tokens or ("patches", "cls")
+        if set(tokens) - {"patches", "cls"} or request.layer != -1 or request.projected or request.pretrained \
+                or request.tokenizer:
             raise UnknownModelError("the control encoder stores image tokens 'patches' and 'cls' of its one layer, "
-                                    "unprojected, with no weights to load")
+                                    "unprojected, with no weights or tokenizer to load")
         return EmbeddingSpace(
             model=request.model, encoder=NAME, weights=f"random:{SEED}",
             preprocess={"size": [SIZE, SIZE], "mode": "RGB", "interpolation": "nearest", "resize_mode": "squash",
                         "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0], "load": LOAD_POLICY},
             context_length=CONTEXT, text_trim="causal",
             dims={"patches": GRID * GRID, "patch_dim": DIM, "text_dim": DIM, "embed_dim": DIM},
-            image_tokens=tuple(request.image_tokens), dtype=request.dtype, versions={"control": "1"},
+            image_tokens=tuple(tokens), dtype=request.dtype, versions={"control": "1"},
         )
 
     @classmethod
