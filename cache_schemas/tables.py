@@ -42,7 +42,7 @@ ITEMS = pa.schema([
 ])
 ERRORS = pa.schema([
     pa.field("source", pa.string(), nullable=False),
-    pa.field("stage", pa.string(), nullable=False),  # read | decode | encode
+    pa.field("stage", pa.string(), nullable=False),  # source (an entry the reader skipped) | read | decode
     pa.field("message", pa.string(), nullable=False),
 ])
 

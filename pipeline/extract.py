@@ -18,7 +18,7 @@ import pyarrow as pa
 from distributed import Client, as_completed
 from tqdm.auto import tqdm
 
-from cache_schemas import DatasetTables, Geometry, SpaceEmbeddings, VlcacheError, open_store, text_hash
+from cache_schemas import DatasetTables, EmbeddingSpace, Geometry, SpaceEmbeddings, VlcacheError, open_store, text_hash
 from cache_schemas import tables as schema
 
 from .cluster import ClusterConfig, dask_client
@@ -26,7 +26,7 @@ from .encoders import EncoderRequest, describe, tokenizer_for
 from .encoders.base import pretrained_of
 from .images import Probe, probe_many
 from .plan import pending_work, plan_new_content
-from .readers import RawDataset, read_source
+from .readers import RawDataset, ReaderOptions, read_source
 from .shards import ShardResult, ShardTask, run_shard
 
 PROBE_BATCH = 256
@@ -78,10 +78,11 @@ class Summary:
 def extract(source: str, fmt: str, dataset: str, encoder: EncoderRequest, store_uri: str, *,
             images_root: str | None = None, split: str | None = None, cluster: ClusterConfig = ClusterConfig(),
             options: ExtractOptions = ExtractOptions(), storage_options: dict | None = None,
-            client: Client | None = None) -> Summary:
-    """`client`: a Dask client to reuse (several extractions, one cluster start); `cluster` describes it."""
+            client: Client | None = None, reader: ReaderOptions = ReaderOptions()) -> Summary:
+    """`client`: a Dask client to reuse (several extractions, one cluster start); `cluster` describes it.
+    `reader`: column names and separator of tabular sources."""
     started = time.perf_counter()
-    raw = read_source(source, fmt, images_root, split)  # user mistakes surface before any cluster starts
+    raw = read_source(source, fmt, images_root, split, reader)  # user mistakes surface before any cluster starts
     spec = describe(encoder)
     store = open_store(store_uri, mode="a", storage_options=storage_options)
     with nullcontext(client) if client else dask_client(cluster) as client:
@@ -93,7 +94,7 @@ def extract(source: str, fmt: str, dataset: str, encoder: EncoderRequest, store_
         interrupted = {k: set(space.pending_shards(k)) for k in ("images", "texts")}
         plan_new_content(space, registered, tokenizer_for(spec).count, retry_failed=options.retry_failed)
         # Workers get the weights as found here (a checkpoint's absolute path): their folder may not be ours.
-        results = _encode(client, space, pretrained_of(spec), cluster, options)
+        results = _encode(client, space, spec, cluster, options)
     resumed = sum(r.shard in interrupted[r.kind] for r in results)
     return Summary(
         dataset=dataset, space=space.key, items=registered.items.num_rows,
@@ -127,6 +128,7 @@ def dataset_tables(raw: RawDataset, probes: dict[str, Probe]) -> dict[str, pa.Ta
                                   "boxes": raw.boxes.get(uri)}
     texts = [{"hash": text_hash(t), "text": t, "segments": raw.segments.get(t)} for t in raw.texts()]
     errors = [{"source": p.uri, "stage": p.stage, "message": p.message} for p in probes.values() if p.hash is None]
+    errors += [{"source": where, "stage": "source", "message": why} for where, why in raw.skipped]
 
     def image(uri: str) -> str | None:
         return probes[uri].hash
@@ -151,12 +153,13 @@ def _present(space: SpaceEmbeddings, kind: str, dataset: DatasetTables) -> int:
     return sum(h in have for h in content["hash"].to_pylist())
 
 
-def _encode(client: Client, space: SpaceEmbeddings, pretrained: str | None, cluster: ClusterConfig,
+def _encode(client: Client, space: SpaceEmbeddings, spec: EmbeddingSpace, cluster: ClusterConfig,
             options: ExtractOptions) -> list[ShardResult]:
-    """Run every planned shard that has not committed."""
+    """Run every planned shard that has not committed; workers load weights and tokenizer from where
+    `spec` (described here) found them."""
     plans = {kind: pending_work(space, kind) for kind in ("images", "texts")}
-    tasks = [ShardTask(space.location, space.key, kind, shard, rows, pretrained, options.device,
-                       options.batch_size, cluster.torch_threads())
+    tasks = [ShardTask(space.location, space.key, kind, shard, rows, pretrained_of(spec), spec.tokenizer_path,
+                       options.device, options.batch_size, cluster.torch_threads())
              for kind in ("images", "texts") for shard, rows in plans[kind]]
     results: list[ShardResult] = []
     total = sum(t.rows.num_rows for t in tasks)

@@ -15,6 +15,8 @@ import fsspec
 import numpy as np
 from PIL import Image, ImageOps
 
+from .readers import embedded
+
 MAX_PIXELS = 200_000_000  # ~14k x 14k; beyond this a decode costs gigabytes of RAM
 # Part of each space's preprocessing spec: changing it changes the pixels an encoder sees.
 LOAD_POLICY = {"alpha": "white", "exif_transpose": True, "max_pixels": MAX_PIXELS}
@@ -37,10 +39,14 @@ class Probe:
 
 
 def read_bytes(uri: str) -> bytes:
+    """An image's bytes: a local path, an fsspec URL (tar://member::shard.tar included), or a table://
+    URI naming bytes stored inside a Parquet or Arrow file."""
     try:
+        if uri.startswith(embedded.SCHEME):
+            return embedded.read_table_cell(uri)
         with fsspec.open(uri, "rb") as f:
             return f.read()
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, KeyError, IndexError) as exc:
         raise ImageError("read", f"{type(exc).__name__}: {getattr(exc, 'strerror', None) or exc}") from None
 
 

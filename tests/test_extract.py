@@ -142,3 +142,44 @@ def test_new_content_never_shares_a_zarr_shard_with_committed_rows(tmp_path, sma
     new_row = texts.filter(pc.equal(texts["text"], "a caption never seen before"))["row"][0].as_py()
     older = texts.filter(pc.not_equal(texts["text"], "a caption never seen before"))["row"].to_numpy()
     assert new_row % 8 == 0 and new_row > older.max()
+
+
+def test_images_inside_parquet_and_tar_hash_and_dedup_exactly_like_files(tmp_path):
+    import io
+    import tarfile
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    def png(colour):
+        buffer = io.BytesIO()
+        Image.new("RGB", (16, 16), colour).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    red, blue = png("red"), png("blue")
+    (tmp_path / "red.png").write_bytes(red)
+    (tmp_path / "files.jsonl").write_text(json.dumps({"image": str(tmp_path / "red.png"), "caption": "red"}) + "\n")
+    struct = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    pq.write_table(pa.table({"image": pa.array([{"bytes": red, "path": None}, {"bytes": blue, "path": None},
+                                                {"bytes": b"not an image", "path": None}], struct),
+                             "caption": ["a red square", "a blue square", "broken"]}), tmp_path / "bytes.parquet")
+    with tarfile.open(tmp_path / "000.tar", "w") as tar:
+        for name, data in (("a.png", red), ("a.txt", b"red in a tar"), ("b.png", blue)):  # b has no caption
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    store = tmp_path / "store"
+    run_extract(tmp_path / "files.jsonl", "jsonl", "files", store)
+    second = run_extract(tmp_path / "bytes.parquet", "parquet", "table", store)
+    third = run_extract(tmp_path / "000.tar", "webdataset", "shards", store)
+    opened = open_store(store)
+    space = opened.space("vlcache-tiny")
+    assert len(space.images()) == 2  # red once, whether it came from a file, a Parquet cell or a tar member
+    assert second.images_present == 1 and second.images_encoded == 1 and second.failed == 1
+    assert third.images_present == 1 and third.images_encoded == 0
+    errors = opened.dataset("table").errors.to_pylist()
+    assert [e["stage"] for e in errors] == ["decode"] and errors[0]["source"].startswith("table://")
+    skipped = opened.dataset("shards").errors.to_pylist()
+    assert [(e["stage"], e["message"]) for e in skipped] == [("source", "no caption (.txt, or a .json with a caption)")]
+    assert verify(opened).ok

@@ -25,12 +25,23 @@ class RawItem:
     split: str = "test"
 
 
+@dataclass(frozen=True)
+class ReaderOptions:
+    """How to read a table: which columns hold the image and the caption, and (CSV) the separator.
+    open_clip's training lists, for instance: image_column="filepath", caption_column="title", "\t"."""
+
+    image_column: str = "image"
+    caption_column: str = "caption"
+    separator: str | None = None  # None: the format's own ("," for csv, tab for tsv)
+
+
 @dataclass
 class RawDataset:
     items: list[RawItem] = field(default_factory=list)
     extra_images: list[str] = field(default_factory=list)  # images no item names (an uncaptioned folder)
     boxes: dict[str, list[Box]] = field(default_factory=dict)  # by image URI
     segments: dict[str, list[str]] = field(default_factory=dict)  # by caption text
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (where, why): entries the source could not make
 
     def image_uris(self) -> list[str]:
         """Every image the dataset names, once each, in first-mention order."""
@@ -68,6 +79,13 @@ def require_columns(columns: Sequence[str], needed: Sequence[str], source: str) 
     missing = [c for c in needed if c not in columns]
     if missing:
         raise InvalidSourceError(f"{source} lacks column(s) {missing}; it has {list(columns)}")
+
+
+def caption_text(value: object, where: str) -> str:
+    """A caption, as every reader accepts it: a text with something besides whitespace (kept as is)."""
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidSourceError(f"{where}: the caption must be a non-empty text, got {value!r}")
+    return value
 
 
 def as_text_list(value: object, where: str) -> tuple[str, ...]:

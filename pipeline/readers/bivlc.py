@@ -1,6 +1,8 @@
-"""BiVLC-style rows: image, caption, negative_caption, negative_image, type, subtype (CSV, JSONL or
-Parquet, told apart by the file's extension). Each item is bidirectional: the negative caption
-describes the negative image. The subset is "<type>_<subtype>", e.g. swap_att."""
+"""BiVLC-style rows: image, caption, negative_caption, negative_image, type, subtype, as CSV, JSONL or
+Parquet (told apart by the file's extension) or a Hugging Face `save_to_disk` folder. BiVLC itself is
+published as Parquet with the image bytes inside: those images are read from the file. Each item is
+bidirectional: the negative caption describes the negative image. The subset is "<type>_<subtype>",
+e.g. swap_att."""
 
 from __future__ import annotations
 
@@ -9,14 +11,16 @@ import os
 from cache_schemas import InvalidSourceError
 
 from . import tabular
-from .base import RawDataset
+from .base import RawDataset, ReaderOptions
 
-EXTENSIONS = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+REQUIRED = ("negative_caption", "negative_image", "type", "subtype")
 
 
-def read(source: str, images_root: str | None, split: str | None) -> RawDataset:
-    fmt = EXTENSIONS.get(os.path.splitext(source)[1].lower())
+def read(source: str, images_root: str | None, split: str | None,
+         options: ReaderOptions = ReaderOptions()) -> RawDataset:
+    fmt = "arrow" if os.path.isdir(source) else EXTENSIONS.get(os.path.splitext(source)[1].lower())
     if fmt is None:
-        raise InvalidSourceError(f"bivlc source {source} must end in one of {sorted(EXTENSIONS)}")
-    required = ("negative_caption", "negative_image", "type", "subtype")
-    return tabular.read(source, fmt, images_root, split, required=required)
+        raise InvalidSourceError(f"bivlc source {source} must end in one of {sorted(EXTENSIONS)} "
+                                 "(or be a datasets save_to_disk folder)")
+    return tabular.read(source, fmt, images_root, split, required=REQUIRED, options=options)

@@ -8,16 +8,17 @@ import os
 
 from cache_schemas import InvalidSourceError
 
-from .base import RawDataset, RawItem, resolve
+from .base import RawDataset, RawItem, ReaderOptions, caption_text, resolve
 
 
-def read(source: str, images_root: str | None, split: str | None) -> RawDataset:
+def read(source: str, images_root: str | None, split: str | None,
+         options: ReaderOptions = ReaderOptions()) -> RawDataset:
     if not os.path.isfile(source):
         raise InvalidSourceError(f"coco source {source} is not a file")
     try:
         with open(source, encoding="utf-8") as f:
             data = json.load(f)
-        files = {img["id"]: img["file_name"] for img in data["images"]}
+        files = {img["id"]: img["file_name"] for img in data["images"] if isinstance(img.get("file_name"), str)}
         annotations = data["annotations"]
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
         raise InvalidSourceError(f"{source} is not a COCO captions file ({type(exc).__name__}: {exc})") from None
@@ -25,12 +26,13 @@ def read(source: str, images_root: str | None, split: str | None) -> RawDataset:
     split = split or _split_from_name(source)
     dataset = RawDataset()
     for i, ann in enumerate(annotations):
-        if ann.get("image_id") not in files or not isinstance(ann.get("caption"), str):
-            raise InvalidSourceError(f"{source} annotation {i}: unknown image_id or missing caption")
+        where = f"{source} annotation {i}"
+        if ann.get("image_id") not in files:
+            raise InvalidSourceError(f"{where}: image_id {ann.get('image_id')!r} names no image with a file_name text")
         dataset.items.append(RawItem(
             item_id=str(ann.get("id", i)),
             image=resolve(files[ann["image_id"]], root),
-            caption=ann["caption"].strip(),
+            caption=caption_text(ann.get("caption"), where).strip(),
             split=split,
         ))
     return dataset

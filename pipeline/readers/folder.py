@@ -8,12 +8,13 @@ import os
 
 from cache_schemas import InvalidSourceError
 
-from .base import RawDataset, RawItem
+from .base import RawDataset, RawItem, ReaderOptions
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
-def read(source: str, images_root: str | None, split: str | None) -> RawDataset:
+def read(source: str, images_root: str | None, split: str | None,
+         options: ReaderOptions = ReaderOptions()) -> RawDataset:
     if not os.path.isdir(source):
         raise InvalidSourceError(f"folder source {source} is not a folder")
     dataset = RawDataset()

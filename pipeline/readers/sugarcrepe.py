@@ -10,12 +10,13 @@ import os
 
 from cache_schemas import InvalidSourceError
 
-from .base import RawDataset, RawItem, resolve
+from .base import RawDataset, RawItem, ReaderOptions, caption_text, resolve
 
 SUBSETS = ("add_att", "add_obj", "replace_att", "replace_obj", "replace_rel", "swap_att", "swap_obj")
 
 
-def read(source: str, images_root: str | None, split: str | None) -> RawDataset:
+def read(source: str, images_root: str | None, split: str | None,
+         options: ReaderOptions = ReaderOptions()) -> RawDataset:
     if not os.path.isdir(source):
         raise InvalidSourceError(f"sugarcrepe source {source} must be a folder of JSON files such as swap_att.json")
     files = sorted(f for f in os.listdir(source) if f.endswith(".json"))
@@ -26,14 +27,15 @@ def read(source: str, images_root: str | None, split: str | None) -> RawDataset:
     for name in files:
         subset = name[: -len(".json")]
         for key, entry in _entries(os.path.join(source, name)):
-            if not all(isinstance(entry.get(f), str) for f in ("filename", "caption", "negative_caption")):
-                raise InvalidSourceError(f"{name} entry {key}: needs filename, caption and negative_caption texts")
+            where = f"{name} entry {key}"
+            if not isinstance(entry.get("filename"), str) or not entry["filename"]:
+                raise InvalidSourceError(f"{where}: needs a filename, got {entry.get('filename')!r}")
             kind, _, sub = subset.partition("_")
             dataset.items.append(RawItem(
                 item_id=f"{subset}/{key}",
                 image=resolve(entry["filename"], root),
-                caption=entry["caption"],
-                negative_captions=(entry["negative_caption"],),
+                caption=caption_text(entry.get("caption"), where),
+                negative_captions=(caption_text(entry.get("negative_caption"), where),),
                 subset=subset,
                 type=kind or None,
                 subtype=sub or None,
