@@ -32,14 +32,14 @@ class TrainConfig(Settings):
     eval_every: int = setting(500, 1)
     checkpoint_every: int = setting(500, 1)
     log_every: int = setting(10, 1)
-    retrieval_k: int = setting(16, 1)  # candidates a pairwise head re-ranks in retrieval
+    retrieval_k: int = setting(16, 0)  # candidates a pairwise head re-ranks in retrieval; 0: no retrieval
     seed: int = setting(0, 0)
 
 
 def load_config(head: str, path: str | None = None) -> tuple[dict[str, Any], TrainConfig]:
     """The user's head settings (the head fills in its defaults) and the run's TrainConfig."""
-    defaults = _read(CONFIG_DIR / f"{head}.json") if (CONFIG_DIR / f"{head}.json").exists() else {}
-    user = _read(Path(path)) if path else {}
+    defaults = read_config(CONFIG_DIR / f"{head}.json") if (CONFIG_DIR / f"{head}.json").exists() else {}
+    user = read_config(Path(path)) if path else {}
     unknown = set(user) - {"head", "train"}
     if unknown:
         raise VlcacheError(f"config {path} has unknown sections {sorted(unknown)}; expected 'head' and 'train'")
@@ -50,7 +50,8 @@ def load_config(head: str, path: str | None = None) -> tuple[dict[str, Any], Tra
     return dict(user.get("head", {})), train
 
 
-def _read(path: Path) -> dict[str, Any]:
+def read_config(path: str | Path) -> dict[str, Any]:
+    """A JSON object from a file, or a one-line error."""
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)

@@ -22,6 +22,7 @@ from .health import Health
 
 def evaluate(space: SpaceEmbeddings, dataset: DatasetTables, head: Head, *, split: str | None = None,
              device: str = "cpu", batch_size: int = 128, retrieval_k: int = 16) -> dict[str, Any]:
+    """The head's report on the dataset (`retrieval_k` 0: no retrieval)."""
     examples = Examples.from_dataset(space, dataset, split)
     loader = BatchLoader(space, examples, head.needs | {"image.global", "text.global"}, batch_size, shuffle=False)
     was_training = head.training
@@ -29,7 +30,7 @@ def evaluate(space: SpaceEmbeddings, dataset: DatasetTables, head: Head, *, spli
     try:
         with torch.no_grad():
             pos, neg, bivlc, order = _pair_scores(loader, head, torch.device(device))
-            retrieval = _retrieval(loader, head, torch.device(device), retrieval_k)
+            retrieval = _retrieval(loader, head, torch.device(device), retrieval_k) if retrieval_k else None
     finally:
         head.train(was_training)
     report = report_from_scores(examples, order, pos, neg, bivlc)

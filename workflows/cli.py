@@ -55,8 +55,21 @@ def cli() -> None:
     """vlcache: extract frozen vision-language embeddings once, reuse them everywhere."""
 
 
+class SourcePath(click.Path):
+    """A local path that must exist, or an fsspec URL / shard pattern (s3://b/{00000..00009}.tar) left
+    for the reader to resolve."""
+
+    def __init__(self):
+        super().__init__(exists=True)
+
+    def convert(self, value, param, ctx):
+        if "://" in value or any(c in value for c in "{*?"):
+            return value
+        return super().convert(value, param, ctx)
+
+
 @cli.command()
-@click.argument("source", type=click.Path(exists=True))
+@click.argument("source", type=SourcePath())
 @click.option("--format", "fmt", type=RegistryChoice(_formats), required=True, help="How to read SOURCE.")
 @click.option("--dataset", required=True, help="Name of the dataset in the store.")
 @click.option("--model", required=True, help="open_clip model name, e.g. ViT-B-32 or vlcache-tiny (or the name "
@@ -68,6 +81,11 @@ def cli() -> None:
 @click.option("--store", "store_uri", required=True, help="Store path or fsspec URL (s3://bucket/store).")
 @click.option("--images-root", type=click.Path(file_okay=False), default=None,
               help="Folder that relative image paths are under.")
+@click.option("--image-column", default="image", show_default=True,
+              help="Tables: the column of image paths (or bytes); open_clip's lists call it filepath.")
+@click.option("--caption-column", default="caption", show_default=True,
+              help="Tables: the caption column; open_clip's lists call it title.")
+@click.option("--separator", default=None, help="csv/tsv: the field separator [default: ',' for csv, tab for tsv].")
 @click.option("--split", default=None, help="Split for items whose source names none.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Local Dask workers (one per GPU).")
@@ -78,28 +96,34 @@ def cli() -> None:
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--rows-per-shard", type=click.IntRange(min=1), default=1024, show_default=True,
               help="Rows per shard: the unit of work, commit and resume (fixed when a space is created).")
-@click.option("--tokens", default="patches,cls", show_default=True, help="Image tokens to store: patches, cls, values.")
+@click.option("--tokens", default=None,
+              help="Image tokens to store: patches, cls, values [default: patches, and cls where the tower has one].")
+@click.option("--tokenizer", "tokenizer", type=click.Path(exists=True, file_okay=False), default=None,
+              help="A local copy of a tokenizer open_clip would fetch from the Hugging Face hub (SigLIP, SigLIP2).")
 @click.option("--layer", type=int, default=-1, show_default=True, help="Block whose tokens are stored (-1 = last).")
 @click.option("--projected/--raw", default=False, show_default=True, help="Project tokens into the joint space.")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
 @click.option("--retry-failed", is_flag=True, help="Try images that failed in an earlier run again.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def extract(source, fmt, dataset, model, encoder, pretrained, store_uri, images_root, split, workers, threads,
-            scheduler_address, slurm_jobs, batch_size, device, rows_per_shard, tokens, layer, projected,
+def extract(source, fmt, dataset, model, encoder, pretrained, store_uri, images_root, image_column, caption_column,
+            separator, split, workers, threads,
+            scheduler_address, slurm_jobs, batch_size, device, rows_per_shard, tokens, tokenizer, layer, projected,
             dtype, retry_failed, as_json, quiet) -> None:
     """Encode SOURCE's unique images and texts into the store, once per encoder."""
     from pipeline.cluster import ClusterConfig
     from pipeline.encoders import EncoderRequest
     from pipeline.extract import ExtractOptions
     from pipeline.extract import extract as run_extract
+    from pipeline.readers import ReaderOptions
 
-    request = EncoderRequest(model, pretrained, tuple(t.strip() for t in tokens.split(",") if t.strip()),
-                             layer, projected, dtype, encoder)
+    image_tokens = tuple(t.strip() for t in tokens.split(",") if t.strip()) if tokens else None
+    request = EncoderRequest(model, pretrained, image_tokens, layer, projected, dtype, encoder, tokenizer)
     summary = run_extract(
         source, fmt, dataset, request, store_uri, images_root=images_root, split=split,
         cluster=ClusterConfig(scheduler_address, slurm_jobs, workers, threads),
         options=ExtractOptions(batch_size, device, rows_per_shard, retry_failed, progress=not quiet),
+        reader=ReaderOptions(image_column, caption_column, separator),
     )
     click.echo(json.dumps(summary.to_json(), indent=2) if as_json else "\n".join(summary.lines()))
 
@@ -145,8 +169,8 @@ def train(store_uri, dataset, head, out, eval_datasets, config_path, space_key, 
 @click.option("--space", "space_key", default=None)
 @click.option("--split", default="", help="Items of this split only (default: all).")
 @click.option("--device", default="auto", show_default=True)
-@click.option("--retrieval-k", type=click.IntRange(min=1), default=16, show_default=True,
-              help="Global top K a pairwise head re-ranks.")
+@click.option("--retrieval-k", type=click.IntRange(min=0), default=16, show_default=True,
+              help="Global top K a pairwise head re-ranks (0: no retrieval).")
 def evaluate(store_uri, dataset, head, run_dir, out, space_key, split, device, retrieval_k) -> None:
     """Evaluate a head: accuracy, BiVLC-style scores, retrieval; writes report.json and report.md."""
     from trainer.run import evaluate_head
@@ -204,6 +228,43 @@ def demo(out: str, sweep: bool, small: bool, seed: int, quiet: bool) -> None:
     else:
         run_demo(out, config, progress=not quiet)
         click.echo(f"report: {os.path.join(out, 'report.md')}")
+
+
+@cli.command()
+@click.option("--coco", required=True, type=click.Path(exists=True, file_okay=False),
+              help="COCO 2017 root (train2017/, val2017/).")
+@click.option("--sugarcrepe", required=True, type=click.Path(exists=True, file_okay=False),
+              help="SugarCrepe's folder of JSON files.")
+@click.option("--bivlc", required=True, type=click.Path(exists=True), help="BiVLC (Parquet with images inside).")
+@click.option("--trohn", required=True, type=click.Path(exists=True, dir_okay=False), help="TROHN-Text JSON.")
+@click.option("--model", required=True, help="open_clip model, e.g. ViT-B-32.")
+@click.option("--pretrained", default=None, help="Pretrained tag or local checkpoint (random init if omitted).")
+@click.option("--tokenizer", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Local tokenizer folder, for models whose tokenizer lives on the Hugging Face hub.")
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option("--seeds", default="0", show_default=True, help="Training seeds, comma-separated.")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help='JSON {"train": {...}} overriding every head\'s training defaults (steps, lr, ...).')
+@click.option("--device", default="auto", show_default=True)
+@click.option("--quiet", is_flag=True)
+def reproduce(coco, sugarcrepe, bivlc, trohn, model, pretrained, tokenizer, out, seeds, config_path, device,
+              quiet) -> None:
+    """The paper's table: extract COCO/SugarCrepe/BiVLC/TROHN-Text once, train heads, evaluate, compare."""
+    from pipeline.encoders import EncoderRequest
+    from workflows.reproduce import ReproduceConfig, Sources
+    from workflows.reproduce import reproduce as run_reproduce
+
+    try:
+        seed_list = tuple(int(s) for s in seeds.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {seeds!r}", param_hint="--seeds") from None
+    from trainer.config import TrainConfig, read_config
+
+    overrides = read_config(config_path).get("train", {}) if config_path else {}
+    TrainConfig.from_json(overrides)  # refused here, in one line, before any extraction
+    run_reproduce(out, Sources(coco, sugarcrepe, bivlc, trohn), EncoderRequest(model, pretrained, tokenizer=tokenizer),
+                  ReproduceConfig(seeds=seed_list, train=overrides, device=device), progress=not quiet)
+    click.echo(f"table: {os.path.join(out, 'reproduce.md')}")
 
 
 @cli.group()

@@ -1,0 +1,142 @@
+"""`vlcache reproduce`: the paper's main comparison, one command. Given an encoder and local copies of
+COCO 2017, SugarCrepe, BiVLC and TROHN-Text, it extracts everything once, trains tflocal and the
+baselines on TROHN-Text (COCO train images with hard negative captions), evaluates every method on
+SugarCrepe and BiVLC, and writes one table laid out like the paper's, with the published numbers
+(workflows/published.json) beside the measured ones.
+
+    coco/annotations/captions_val2017.json, coco/train2017/, coco/val2017/   (COCO's own layout)
+    sugarcrepe/*.json                                                        (add_att.json, ...)
+    bivlc/test.parquet (or any .parquet / save_to_disk folder)               (images inside)
+    trohn_text.json                                                          (image_id, caption, negative_caption)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cache_schemas import VlcacheError
+from pipeline.cluster import ClusterConfig, dask_client
+from pipeline.encoders import EncoderRequest
+from pipeline.extract import ExtractOptions, extract
+from trainer.metrics import markdown_table
+from trainer.run import evaluate_head
+from trainer.train import train
+
+from .results import Estimate
+
+PUBLISHED = Path(__file__).parent / "published.json"
+SUGARCREPE = ("add_att", "add_obj", "replace_att", "replace_obj", "replace_rel", "swap_att", "swap_obj")
+HEADS = ("global-mlp", "maxsim", "tflocal")
+
+
+@dataclass(frozen=True)
+class Sources:
+    coco: str  # COCO 2017 root: annotations/, train2017/, val2017/
+    sugarcrepe: str
+    bivlc: str
+    trohn: str
+
+    def check(self) -> None:
+        needed = {"COCO train2017 images": os.path.join(self.coco, "train2017"),
+                  "COCO val2017 images": os.path.join(self.coco, "val2017"),
+                  "SugarCrepe": self.sugarcrepe, "BiVLC": self.bivlc, "TROHN-Text": self.trohn}
+        missing = [f"{name} ({path})" for name, path in needed.items() if not os.path.exists(path)]
+        if missing:
+            raise VlcacheError(f"reproduce needs local copies of: {', '.join(missing)}")
+
+
+@dataclass(frozen=True)
+class ReproduceConfig:
+    seeds: tuple[int, ...] = (0,)
+    heads: tuple[str, ...] = HEADS
+    train: dict[str, Any] = field(default_factory=dict)  # overrides of every head's training defaults
+    batch_size: int = 64  # encoder batch
+    device: str = "auto"
+
+
+def reproduce(out: str, sources: Sources, request: EncoderRequest, config: ReproduceConfig = ReproduceConfig(),
+              cluster: ClusterConfig = ClusterConfig(), progress: bool = True) -> dict[str, Any]:
+    """Extract, train, evaluate; write out/reproduce.md and out/reproduce.json."""
+    sources.check()
+    store = os.path.join(out, "store")
+    datasets = {"trohn-text": (sources.trohn, "trohn", os.path.join(sources.coco, "train2017"), "train"),
+                "sugarcrepe": (sources.sugarcrepe, "sugarcrepe", os.path.join(sources.coco, "val2017"), "test"),
+                "bivlc": (sources.bivlc, "bivlc", None, "test")}
+    options = ExtractOptions(batch_size=config.batch_size, device=config.device, progress=progress)
+    with dask_client(cluster) as client:
+        for name, (path, fmt, images_root, split) in datasets.items():
+            extract(path, fmt, name, request, store, images_root=images_root, split=split, options=options,
+                    client=client)
+    reports = {"global": [_evaluate(out, store, "global", None, config.device)]}
+    for head in config.heads:
+        reports[head] = [_evaluate(out, store, head, _train(out, store, head, seed, config, progress), config.device)
+                         for seed in config.seeds]
+    result = {"model": request.model, "pretrained": request.pretrained, "seeds": list(config.seeds),
+              "measured": {m: _scores(runs) for m, runs in reports.items()}, "published": _published()}
+    with open(os.path.join(out, "reproduce.json"), "w") as f:
+        json.dump(result, f, indent=2, default=lambda e: e.to_json() if isinstance(e, Estimate) else float(e))
+    with open(os.path.join(out, "reproduce.md"), "w") as f:
+        f.write(markdown(result))
+    return result
+
+
+def _train(out: str, store: str, head: str, seed: int, config: ReproduceConfig, progress: bool) -> str:
+    run_dir = os.path.join(out, "runs", f"{head}-seed{seed}")
+    path = run_dir + ".json"
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump({"train": config.train}, f)
+    train(store, "trohn-text", head, run_dir, split=None, config_path=path, seed=seed, device=config.device,
+          progress=progress)
+    return run_dir
+
+
+def _evaluate(out: str, store: str, head: str, run_dir: str | None, device: str) -> dict[str, dict]:
+    name = os.path.basename(run_dir) if run_dir else head
+    return {dataset: evaluate_head(store, dataset, head, os.path.join(out, "reports", name, dataset), run_dir=run_dir,
+                                   retrieval_k=0, device=device)
+            for dataset in ("sugarcrepe", "bivlc")}
+
+
+def _scores(runs: list[dict[str, dict]]) -> dict[str, Estimate]:
+    """The paper's columns for one method, mean over seeds: SugarCrepe per subset and average, BiVLC."""
+    columns: dict[str, list[float]] = {}
+    for run in runs:
+        by_subset = run["sugarcrepe"]["caption_accuracy"]["by_subset"]
+        for subset in SUGARCREPE:
+            columns.setdefault(subset, []).append(by_subset.get(subset, float("nan")))
+        columns.setdefault("sugarcrepe avg", []).append(sum(by_subset[s] for s in SUGARCREPE) / len(SUGARCREPE))
+        bivlc = run["bivlc"]["bivlc"]
+        for key in ("i2t", "t2i", "group"):
+            columns.setdefault(f"bivlc {key}", []).append(bivlc[key]["by_type"]["all"])
+        columns.setdefault("bivlc swap group", []).append(bivlc["group"]["by_type"].get("swap", float("nan")))
+    return {name: Estimate.of(values) for name, values in columns.items()}
+
+
+def _published() -> dict[str, dict[str, float]]:
+    with open(PUBLISHED, encoding="utf-8") as f:
+        return json.load(f)["rows"]
+
+
+COLUMNS = (*SUGARCREPE, "sugarcrepe avg", "bivlc i2t", "bivlc t2i", "bivlc group", "bivlc swap group")
+
+
+def markdown(result: dict[str, Any]) -> str:
+    rows = {f"{method} (measured)": {c: e.text() if isinstance(e, Estimate) else e for c, e in scores.items()}
+            for method, scores in result["measured"].items()}
+    rows |= {f"{method} (published)": {c: f"{v:.1f}" for c, v in values.items()}
+             for method, values in result["published"].items()}
+    with open(PUBLISHED, encoding="utf-8") as f:
+        note = json.load(f)["note"]
+    seeds = result["seeds"]
+    return "\n".join([
+        f"# The paper's comparison, reproduced: {result['model']} ({result['pretrained'] or 'random init'})", "",
+        f"Trained heads: TROHN-Text, {len(seeds)} seed(s) ({', '.join(map(str, seeds))}); measured cells are "
+        "mean ± standard error over seeds, in %. SugarCrepe: caption above its negative; BiVLC: I2T, T2I and "
+        "group scores (chance 1/6 for group).", "",
+        markdown_table(rows, list(COLUMNS), index_name="method"),
+        f"Published rows: {note}", ""])
