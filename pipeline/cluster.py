@@ -81,7 +81,8 @@ def dask_client(config: ClusterConfig) -> Iterator[Client]:
         cluster.scale(jobs=config.slurm_jobs)
     else:
         with _workers_ignore_ctrl_c():
+            # Dashboard on a free port (None still means :8787, which another cluster may hold).
             cluster = LocalCluster(n_workers=config.workers, threads_per_worker=config.threads_per_worker,
-                                   processes=config.processes, dashboard_address=None)
+                                   processes=config.processes, dashboard_address=":0")
     with cluster, Client(cluster) as client:
         yield client

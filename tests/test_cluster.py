@@ -40,3 +40,24 @@ def test_ctrl_c_before_a_dask_call_starts_logs_no_traceback():
         runner.stop()
         logger.removeHandler(logged)
     assert not [r for r in logged.records if r.exc_info]
+
+
+def test_a_local_cluster_starts_cleanly_while_another_holds_the_default_dashboard_port():
+    import socket
+    import warnings
+
+    from pipeline.cluster import ClusterConfig, dask_client
+
+    holder = socket.socket()
+    try:
+        holder.bind(("127.0.0.1", 8787))  # as another Dask cluster on this machine would
+        holder.listen()
+    except OSError:
+        pass  # something already holds it: the same situation
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # "Port 8787 is already in use" would fail here
+            with dask_client(ClusterConfig(processes=False)) as client:
+                assert client.submit(sum, [1, 2]).result() == 3
+    finally:
+        holder.close()
