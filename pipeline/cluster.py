@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import threading
 from collections.abc import Iterator
@@ -75,6 +76,9 @@ def dask_client(config: ClusterConfig) -> Iterator[Client]:
             yield client
         return
     if config.slurm_jobs:
+        if shutil.which("sbatch") is None:
+            raise VlcacheError("--slurm-jobs needs SLURM's sbatch on this machine's PATH; run where jobs can be "
+                               "submitted, or use --scheduler-address or local --workers")
         from dask_jobqueue import SLURMCluster
 
         cluster = SLURMCluster()  # cores, memory, queue, walltime... from dask config jobqueue.slurm

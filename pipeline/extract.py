@@ -84,8 +84,9 @@ def extract(source: str, fmt: str, dataset: str, encoder: EncoderRequest, store_
     started = time.perf_counter()
     raw = read_source(source, fmt, images_root, split, reader)  # user mistakes surface before any cluster starts
     spec = describe(encoder)
-    store = open_store(store_uri, mode="a", storage_options=storage_options)
+    # The cluster starts before the store is touched: a cluster that cannot start writes nothing.
     with nullcontext(client) if client else dask_client(cluster) as client:
+        store = open_store(store_uri, mode="a", storage_options=storage_options)
         probes = _probe_images(client, raw.image_uris(), options.progress)
         tables = dataset_tables(raw, probes)
         registered = store.register_dataset(dataset, **tables, source={"uri": os.path.abspath(source), "format": fmt})

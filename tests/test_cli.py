@@ -121,3 +121,13 @@ def test_the_choices_the_cli_offers_come_from_the_registries():
     assert choices("eval", "head") == tuple(HEADS)
     assert choices("train", "head") == tuple(name for name, head in HEADS.items() if head.trains)
     assert choices("diagnose", "sources") == tuple(SOURCES)
+
+
+def test_slurm_without_sbatch_is_one_line_not_a_hang(small_sugarcrepe, tmp_path, capfd, monkeypatch):
+    annotations, images = small_sugarcrepe
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch here (the rest of the run needs nothing from PATH)
+    capfd.readouterr()
+    code = main(_extract_args(annotations, tmp_path / "store", **{"--images-root": images, "--slurm-jobs": "1"}))
+    err = capfd.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "needs SLURM's sbatch" in err
+    assert not (tmp_path / "store").exists()

@@ -9,7 +9,7 @@ import os
 import time
 import zlib
 from collections.abc import Sequence
-from contextlib import nullcontext
+from contextlib import closing, nullcontext
 from dataclasses import asdict
 from typing import Any
 
@@ -89,8 +89,11 @@ def train(store_uri: str, dataset: str, head_name: str, out: str, *, space_key: 
     reports: dict[str, Any] = {}
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if torch_device.type == "cuda" else nullcontext()
     head.train()
-    with tqdm(total=cfg.steps, initial=step, desc=f"training {head_name}", disable=not progress) as bar:
-        for batch in loader:
+    # closing(): the prefetch thread stops with the loop, also when an error leaves it (a daemon
+    # thread killed at exit mid-read aborts the interpreter).
+    with tqdm(total=cfg.steps, initial=step, desc=f"training {head_name}", disable=not progress) as bar, \
+            closing(iter(loader)) as batches:
+        for batch in batches:
             if step >= cfg.steps:
                 break
             scoring = groups(batch, cfg.in_batch_negatives, _generator(cfg.seed, step))
