@@ -17,7 +17,7 @@ import zarr
 from zarr.codecs import ZstdCodec
 
 from . import tables
-from .errors import InvalidSpecError
+from .errors import DamagedStoreError, InvalidSpecError
 from .layout import EMBEDDINGS, SPACE_SPEC, ArrayLayout, Geometry, Kind, array_layouts, part_path, plan_path, space_dir
 from .location import Location
 from .space import EmbeddingSpace
@@ -194,7 +194,7 @@ class SpaceEmbeddings:
         if not rows.size:
             return np.empty((0, *self.layouts[name].row_shape), self.spec.dtype)
         unique, inverse = np.unique(rows, return_inverse=True)  # zarr reads each chunk once, in order
-        return self.array(name).oindex[unique][inverse]
+        return self._checked(name, unique, self._read_rows(name, unique))[inverse]
 
     def token_index(self) -> tuple[np.ndarray, np.ndarray]:
         """Per text row: the first text_tokens row of its tokens, and their count (0 for absent rows)."""
@@ -220,7 +220,31 @@ class SpaceEmbeddings:
             return np.empty((0, self.spec.text_token_dim), self.spec.dtype), take
         index = np.concatenate([np.arange(o, o + n) for o, n in zip(offsets[rows], take)])
         unique, inverse = np.unique(index, return_inverse=True)
-        return self.array("text_tokens").oindex[unique][inverse], take
+        return self._checked("text_tokens", unique, self._read_rows("text_tokens", unique))[inverse], take
+
+    def _read_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
+        try:
+            return self.array(name).oindex[rows]
+        except (RuntimeError, ValueError, OSError) as exc:  # what codecs raise for damaged bytes
+            raise DamagedStoreError(f"space {self.key}, array {name}, shard {self._shard(name, int(rows[0]))} and "
+                                    f"after: a chunk cannot be decoded ({type(exc).__name__}); run vlcache cache "
+                                    f"verify {self.location.uri}") from None
+
+    def _checked(self, name: str, rows: np.ndarray, data: np.ndarray) -> np.ndarray:
+        """Committed rows are never all zeros (a deleted chunk reads back as its fill value) and never
+        non-finite (flipped bytes that still decode): either means damage, never a number to report."""
+        flat = data.reshape(len(data), -1)
+        bad = ~flat.any(axis=1) | ~np.isfinite(flat).all(axis=1)
+        if bad.any():
+            row = int(rows[np.argmax(bad)])
+            raise DamagedStoreError(f"space {self.key}, array {name}, shard {self._shard(name, row)}: committed rows "
+                                    f"read back as zeros or non-finite numbers (a missing or damaged chunk); run "
+                                    f"vlcache cache verify {self.location.uri}")
+        return data
+
+    def _shard(self, name: str, row: int) -> int:
+        per_shard = self.geometry.rows_per_shard * (self.spec.context_length if name == "text_tokens" else 1)
+        return row // per_shard
 
     def read_tokens_padded(self, rows: np.ndarray, length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Text tokens padded to `length` (default: the longest): (n, L, D) and a boolean mask (n, L)."""

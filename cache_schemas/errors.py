@@ -43,3 +43,7 @@ class InvalidSourceError(VlcacheError, ValueError):
 
 class InvalidSpecError(VlcacheError, ValueError):
     """A spec, manifest or table does not follow the schema."""
+
+
+class DamagedStoreError(VlcacheError, OSError):
+    """Committed rows that read back missing, undecodable or non-finite: the store is damaged."""

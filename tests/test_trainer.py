@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -269,17 +270,45 @@ def test_a_trained_run_is_marked_as_learning(swaps, tmp_path):
 
 
 def test_a_non_finite_loss_stops_training_and_is_never_saved(swaps, tmp_path, capfd):
+    store_path, _ = swaps
+    exploding = tmp_path / "explode.json"  # a learning rate that overflows the weights at the first update
+    exploding.write_text(json.dumps({"head": TINY_TFLOCAL["head"], "train": {**TINY_TFLOCAL["train"], "lr": 1e20,
+                                                                              "warmup_steps": 0, "grad_clip": 1e20}}))
+    capfd.readouterr()
+    code = main(["train", "--store", str(store_path), "--dataset", "train", "--head", "tflocal",
+                 "--out", str(tmp_path / "run"), "--config", str(exploding), "--quiet"])
+    err = capfd.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert re.match(r"error: training stopped at step \d+: the (loss|gradient norm) is (nan|inf)", err), err
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    last = json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[-1])
+    assert last["event"] == "stopped"
+
+
+@pytest.mark.parametrize("damage", ["nan", "deleted chunk", "flipped bytes"])
+def test_damaged_tensors_stop_train_and_eval_with_one_line(damage, swaps, tmp_path, capfd):
     store_path, config = swaps
     damaged = tmp_path / "store"
     shutil.copytree(store_path, damaged)
     key = open_store(damaged).space("vlcache-tiny").key
-    patches = zarr.open_array(str(damaged / "spaces" / key / "embeddings.zarr" / "image_patches"), mode="r+")
-    patches[:] = np.full(patches.shape, np.nan, dtype=patches.dtype)  # every image's patches damaged
+    array_dir = damaged / "spaces" / key / "embeddings.zarr" / ("image_patches" if damage != "deleted chunk"
+                                                                 else "image_global")
+    if damage == "nan":
+        patches = zarr.open_array(str(array_dir), mode="r+")
+        patches[:] = np.full(patches.shape, np.nan, dtype=patches.dtype)
+    else:
+        chunk = sorted(p for p in array_dir.rglob("*") if p.is_file() and p.name != "zarr.json")[0]  # rows 0...
+        if damage == "deleted chunk":
+            chunk.unlink()
+        else:
+            data = bytearray(chunk.read_bytes())
+            data[len(data) // 2:len(data) // 2 + 64] = bytes(64)
+            chunk.write_bytes(bytes(data))
+    command = ["eval", "--head", "global"] if damage == "deleted chunk" else \
+        ["train", "--head", "tflocal", "--config", str(config), "--quiet"]
     capfd.readouterr()
-    code = main(["train", "--store", str(damaged), "--dataset", "train", "--head", "tflocal",
-                 "--out", str(tmp_path / "run"), "--config", str(config), "--quiet"])
+    code = main([*command, "--store", str(damaged), "--dataset", "train", "--out", str(tmp_path / "out")])
     err = capfd.readouterr().err
-    assert code == 2 and err.startswith("error: training stopped at step 1: the loss is nan") and err.count("\n") == 1
-    assert not (tmp_path / "run" / "checkpoints").exists()
-    last = json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[-1])
-    assert last["event"] == "stopped"
+    assert code == 2 and err.count("\n") == 1 and err.startswith(f"error: space {key}, array "), err
+    assert "run vlcache cache verify" in err
+    assert not (tmp_path / "out" / "checkpoints").exists()
