@@ -50,13 +50,13 @@ class DemoConfig:
     # Every trained head is trained once per seed; results are mean and standard error over them.
     seeds: tuple[int, ...] = (0, 1, 2)
     # Training settings sized for two CPU cores (the heads' own settings are the library defaults).
-    # Retrieval re-ranks a global top 4 only: the study is about hard negatives, not retrieval.
+    # No retrieval: the study is about hard negatives.
     heads: dict[str, dict] = field(default_factory=lambda: {
         "maxsim": {"train": {"steps": 150, "batch_size": 32, "warmup_steps": 15, "in_batch_negatives": 4,
-                             "retrieval_k": 4}},
-        "global-mlp": {"train": {"steps": 200, "batch_size": 128, "warmup_steps": 20, "retrieval_k": 4}},
+                             "retrieval_k": 0}},
+        "global-mlp": {"train": {"steps": 100, "batch_size": 64, "warmup_steps": 10, "retrieval_k": 0}},
         "tflocal": {"train": {"steps": 150, "batch_size": 32, "warmup_steps": 15, "in_batch_negatives": 4,
-                              "retrieval_k": 4}},
+                              "retrieval_k": 0}},
     })
     # The diagnostic's region sources (trainer.diagnostic.SOURCES). Crops resized to the full input
     # are the classic source, but they show the tower a scale it never saw; add "crops-resize" to
@@ -114,7 +114,8 @@ def run_demo(out: str, config: DemoConfig = DemoConfig(), progress: bool = True,
         _train_heads(os.path.join(out, "runs"), store, "world", config, progress, results)
     summary = {"config": _jsonable(config), "timings": timings, "seconds": time.perf_counter() - started}
     demo_report.write(out, summary, results, control, world_dir=os.path.join(out, "world"), plots=plots)
-    return {**summary, "results": results.headlines(), "control": control.headlines(), "world": world["counts"]}
+    return {**summary, "results": results.headlines(), "control": control.headlines(), "world": world["counts"],
+            "at_chance": {m: results.at_chance(m) for m in results.methods}}
 
 
 def run_control(out: str, config: DemoConfig, client, progress: bool) -> Results:
@@ -155,8 +156,8 @@ def run_sweep(out: str, config: DemoConfig = DemoConfig(), points: tuple[dict[st
         point = dataclasses.replace(config, world=dataclasses.replace(config.world, **changes))
         summary = run_demo(os.path.join(out, label.replace(" ", "-").replace(",", "")), point, progress, plots=False,
                            control=control)
-        results.append({"label": label, "changes": changes, "results": summary["results"],
-                        "world": summary["world"], "seconds": summary["seconds"]})
+        results.append({"label": label, "changes": changes, "results": summary["results"], "world": summary["world"],
+                        "at_chance": summary["at_chance"], "seconds": summary["seconds"]})
     demo_report.write_sweep(out, results, control)
     return results
 

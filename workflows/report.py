@@ -44,8 +44,9 @@ def control_verdicts(control: Results) -> list[str]:
 
 
 def passed_control(control: Results | None, method: str) -> bool:
-    if control is None or method not in control.methods or not control.trained(method):
-        return True  # untrained methods are not put to the control
+    """Whether a trained local head passed the control (methods the control cannot test pass)."""
+    if control is None or method in GLOBAL_METHODS or method not in control.methods or not control.trained(method):
+        return True  # untrained methods, and global ones (at chance by construction), are not put to it
     swaps = [control.estimate(method, s, "attribute swap") for s in SPLIT_NAMES]
     return control.at_chance(method) == 0 and all(e.mean >= PASS for e in swaps)
 
@@ -107,7 +108,7 @@ def comparisons(results: Results, control: Results | None) -> list[str]:
             said = [f"{relation} it: {', '.join(found)}" for relation, found in groups.items() if found]
             line = f"- {name}, {key}s (global cosine {base.text()}%): {'; '.join(said) or 'no other method'}."
             if excluded:
-                line += f" No verdict from {', '.join(excluded)} (did not train, or failed the positive control)."
+                line += f" No verdict from {', '.join(excluded)}: did not train, or failed the positive control."
             lines.append(line)
     return lines
 
@@ -207,7 +208,8 @@ def write_sweep(out: str, points: list[dict[str, Any]], control: Results) -> Non
              "## The positive control (once, for every point)", "", *control_verdicts(control), "",
              _control_table(control)]
     for split, name in SPLIT_NAMES.items():
-        lines += [f"## {name}: global cosine against the best other method", "", _sweep_summary(points, split)]
+        lines += [f"## {name}: global cosine against the best other method", "",
+                  _sweep_summary(points, split, control)]
     for split, name in SPLIT_NAMES.items():
         for key in SWEEP_KEYS:
             rows = {m: {p["label"]: _estimate(p["results"][m][split][key]).text() for p in points}
@@ -218,14 +220,15 @@ def write_sweep(out: str, points: list[dict[str, Any]], control: Results) -> Non
         f.write("\n".join(lines))
 
 
-def _sweep_summary(points: list[dict[str, Any]], split: str) -> str:
-    """Per point: how far global cosine trails on attribute swaps, the best other method there, and
-    whether it is above global by the intervals."""
+def _sweep_summary(points: list[dict[str, Any]], split: str, control: Results) -> str:
+    """Per point: how far global cosine trails on attribute swaps, the best other method there (of
+    those that trained and passed the control), and whether it is above global by the intervals."""
     rows = {}
     for p in points:
         at = {m: _estimate(h[split]["attribute swap"]) for m, h in p["results"].items()}
         replace = _estimate(p["results"]["global"][split]["replace"])
-        best = max((m for m in at if m != "global"), key=lambda m: at[m].mean)
+        eligible = [m for m in at if m != "global" and not p["at_chance"].get(m) and passed_control(control, m)]
+        best = max(eligible, key=lambda m: at[m].mean)
         rows[p["label"]] = {"global attribute swap": at["global"].text(), "global replace": replace.text(),
                             "gap, points": f"{100 * (replace.mean - at['global'].mean):.1f}",
                             "best other method": best, "its attribute swap": at[best].text(),

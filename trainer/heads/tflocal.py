@@ -65,6 +65,7 @@ class TFLocal(Head):
         self.token_weight = nn.Linear(width, 1)
         self.sharpness = nn.Parameter(torch.tensor(math.log(10.0)))  # soft max over regions
         self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
+        _zero_residual_branches(self)
 
     def score(self, images, texts, image_index, text_index) -> torch.Tensor:
         regions = self.image_norm(self.image_layers(self.image_in(self._pooled(images["patches"])) + self.image_pos))
@@ -115,6 +116,22 @@ class CrossBlock(nn.Module):
     def _split(self, x: torch.Tensor) -> torch.Tensor:
         """(B, S, m * width) -> (B, m * heads, S, head_dim)."""
         return x.view(*x.shape[:2], -1, self.head_dim).transpose(1, 2)
+
+
+def _zero_residual_branches(module: nn.Module) -> None:
+    """Zero the last linear layer of every residual branch (attention output, MLP output): each layer
+    starts as the identity, so the head starts as a learnable soft MaxSim of the projected tokens and
+    its layers grow in from there."""
+    for layer in module.modules():
+        if isinstance(layer, nn.TransformerEncoderLayer):
+            last = (layer.self_attn.out_proj, layer.linear2)
+        elif isinstance(layer, CrossBlock):
+            last = (layer.out, layer.mlp[-1])
+        else:
+            continue
+        for linear in last:
+            nn.init.zeros_(linear.weight)
+            nn.init.zeros_(linear.bias)
 
 
 def _encoder(width: int, heads: int, mlp_ratio: float, dropout: float, layers: int) -> nn.Module:
