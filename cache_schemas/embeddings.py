@@ -119,8 +119,9 @@ class SpaceEmbeddings:
         planned = {self.geometry.shard_of(r) for r in self.plan(kind)["row"].to_pylist()}
         return sorted(planned - set(self.committed_shards(kind)))
 
-    def next_free_shard(self, kind: Kind) -> int:
-        rows = self.plan(kind)["row"]
+    def next_free_shard(self, plan: pa.Table) -> int:
+        """The first shard after every row of `plan` (the kind's plans, read once by the caller)."""
+        rows = plan["row"]
         return self.geometry.shard_of(int(pc.max(rows).as_py())) + 1 if len(rows) else 0
 
     def commit(self, kind: Kind, shard: int, part: pa.Table, checksums: dict[str, str],

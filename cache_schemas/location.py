@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
-from .errors import StoreBusyError, StoreNotWritableError
+from .errors import DamagedStoreError, StoreBusyError, StoreNotWritableError
 
 
 @dataclass(frozen=True)
@@ -62,17 +62,24 @@ class Location:
         return json.loads(self.read_bytes(rel))
 
     def read_parquet(self, rel: str) -> pa.Table:
-        with self.fs.open(self.path(rel), "rb") as f:
-            return pq.read_table(f)
+        try:
+            with self.fs.open(self.path(rel), "rb") as f:
+                return pq.read_table(f)
+        except pa.ArrowInvalid as exc:  # truncated or overwritten: never a table to guess from
+            raise DamagedStoreError(f"{self.url(rel)} cannot be read as Parquet ({exc}); run vlcache cache "
+                                    f"verify {self.uri}") from None
 
     def write_bytes(self, rel: str, data: bytes, exclusive: bool = False) -> None:
         """Write atomically. With `exclusive`, fail with StoreBusyError if the file already exists."""
         path = self.path(rel)
         if not self.is_local:
-            # One PUT is atomic on object stores; exclusivity is best effort there.
-            if exclusive and self.fs.exists(path):
-                raise StoreBusyError(f"{self.url(rel)} already exists: another extraction is writing this space")
-            self.fs.pipe_file(path, data)
+            # One PUT is atomic on object stores; `create` is a conditional PUT (If-None-Match: *).
+            try:
+                self.fs.pipe_file(path, data, mode="create" if exclusive else "overwrite")
+            except (FileExistsError, PermissionError) as exc:
+                if not exclusive:
+                    raise
+                raise StoreBusyError(f"{self.url(rel)} already exists: another writer took it first") from exc
             return
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.{uuid.uuid4().hex}.partial"
@@ -85,15 +92,18 @@ class Location:
                 try:
                     os.link(tmp, path)  # link, unlike rename, refuses to replace an existing file
                 except FileExistsError:
-                    raise StoreBusyError(f"{path} already exists: another extraction is writing this space") from None
+                    raise StoreBusyError(f"{path} already exists: another writer took it first") from None
             else:
                 os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
 
-    def write_json(self, rel: str, value: Any) -> None:
-        self.write_bytes(rel, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode())
+    def write_json(self, rel: str, value: Any, exclusive: bool = False) -> None:
+        self.write_bytes(rel, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode(), exclusive)
+
+    def remove(self, rel: str, recursive: bool = False) -> None:
+        self.fs.rm(self.path(rel), recursive=recursive)
 
     def write_parquet(self, rel: str, table: pa.Table, exclusive: bool = False) -> None:
         buffer = io.BytesIO()

@@ -7,13 +7,15 @@ import difflib
 import hashlib
 import re
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
 import pyarrow as pa
 
-from . import layout, tables
+from . import layout, lease, tables
 from .embeddings import SpaceEmbeddings
 from .errors import (
     DatasetConflictError,
@@ -101,9 +103,9 @@ class Store:
         return DatasetTables(self.location, name, self.location.read_json(rel))
 
     def register_dataset(self, name: str, items: pa.Table, images: pa.Table, texts: pa.Table,
-                         errors: pa.Table, source: dict[str, Any]) -> DatasetTables:
+                         errors: pa.Table, source: dict[str, Any], replace: bool = False) -> DatasetTables:
         """Write a dataset's tables, then its manifest (the commit). The same content again is a no-op;
-        different content under an existing name is refused."""
+        different content under an existing name is refused, or with `replace` takes its place."""
         self._require_writable()
         if not DATASET_NAME.fullmatch(name):
             raise InvalidSpecError(f"dataset name {name!r} must be letters, digits, '.', '_' or '-' (max 128)")
@@ -114,27 +116,43 @@ class Store:
             "errors": tables.conform(errors, tables.ERRORS, "errors"),
         }
         fingerprint = _fingerprint(conformed)
+        with lease.hold(self.location, "datasets", f"registering dataset {name}"):
+            return self._register(name, conformed, fingerprint, source, replace)
+
+    def _register(self, name: str, conformed: dict[str, pa.Table], fingerprint: str,
+                  source: dict[str, Any], replace: bool) -> DatasetTables:
+        base = layout.dataset_dir(name)
         if name in self.dataset_names():
             existing = self.dataset(name)
-            if existing.manifest.get("fingerprint") != fingerprint:
+            if existing.manifest.get("fingerprint") == fingerprint:
+                return existing
+            if not replace:
                 raise DatasetConflictError(
                     f"dataset {name!r} already exists in {self.location.uri} with different content; "
-                    "extract under another --dataset name"
+                    "extract under another --dataset name, or pass --replace"
                 )
-            return existing
-        base = layout.dataset_dir(name)
+            # The manifest goes first: until the new one is written there is no dataset, never a mixed one.
+            self.location.remove(f"{base}/manifest.json")
         for table_name, table in conformed.items():
             self.location.write_parquet(f"{base}/{table_name}.parquet", table)
         manifest = {
             "name": name,
             "fingerprint": fingerprint,
             "source": source,
-            "counts": {"items": items.num_rows, "images": images.num_rows, "texts": texts.num_rows,
-                       "read_errors": errors.num_rows},
+            "counts": {"items": conformed["items"].num_rows, "images": conformed["images"].num_rows,
+                       "texts": conformed["texts"].num_rows, "read_errors": conformed["errors"].num_rows},
             "created": _now(),
         }
         self.location.write_json(f"{base}/manifest.json", manifest)
         return DatasetTables(self.location, name, manifest)
+
+    def remove_dataset(self, name: str) -> None:
+        """Unregister a dataset. Its embeddings stay in the spaces (other datasets may share them)."""
+        self._require_writable()
+        self.dataset(name)  # one line if there is no such dataset
+        with lease.hold(self.location, "datasets", f"removing dataset {name}"):
+            self.location.remove(f"{layout.dataset_dir(name)}/manifest.json")  # the dataset is gone from here on
+            self.location.remove(layout.dataset_dir(name), recursive=True)
 
     # -- embedding spaces -----------------------------------------------------------------------
 
@@ -153,12 +171,18 @@ class Store:
             key = matches[0]
         return SpaceEmbeddings.open(self.location, key, self.writable)
 
-    def create_space(self, spec: EmbeddingSpace, geometry: layout.Geometry) -> SpaceEmbeddings:
-        """The space for `spec`, created (spec file, empty arrays) if the store lacks it."""
+    @contextmanager
+    def space_writer(self, spec: EmbeddingSpace, geometry: layout.Geometry, purpose: str, *,
+                     wait: float = lease.WAIT, on_wait: Callable[[str], None] | None = None
+                     ) -> Iterator[SpaceEmbeddings]:
+        """The space for `spec` (created if the store lacks it), written by this process alone for
+        the block: another writer of the same space waits for it, up to `wait` seconds."""
         self._require_writable()
-        if spec.key in self.space_keys():
-            return SpaceEmbeddings.open(self.location, spec.key, True)
-        return SpaceEmbeddings.create(self.location, spec, geometry)
+        with lease.hold(self.location, f"space-{spec.key}", purpose, wait=wait, on_wait=on_wait):
+            if spec.key in self.space_keys():
+                yield SpaceEmbeddings.open(self.location, spec.key, True)
+            else:
+                yield SpaceEmbeddings.create(self.location, spec, geometry)
 
     def _require_writable(self) -> None:
         if not self.writable:

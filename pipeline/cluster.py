@@ -8,6 +8,7 @@ import logging
 import os
 import shutil
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +26,7 @@ class ClusterConfig:
     workers: int = 1
     threads_per_worker: int = 1
     processes: bool = True  # False runs workers as threads of this process (fast start, for tests)
+    worker_wait: float = 600.0  # seconds an existing scheduler or SLURM jobs may take to bring a first worker
 
     @property
     def kind(self) -> str:
@@ -73,6 +75,7 @@ def dask_client(config: ClusterConfig) -> Iterator[Client]:
         except OSError as exc:
             raise VlcacheError(f"cannot reach the Dask scheduler at {config.scheduler_address}: {exc}") from None
         with client:
+            _wait_for_a_worker(client, config, f"the scheduler at {config.scheduler_address}")
             yield client
         return
     if config.slurm_jobs:
@@ -88,5 +91,28 @@ def dask_client(config: ClusterConfig) -> Iterator[Client]:
             # Dashboard on a free port (None still means :8787, which another cluster may hold).
             cluster = LocalCluster(n_workers=config.workers, threads_per_worker=config.threads_per_worker,
                                    processes=config.processes, dashboard_address=":0")
-    with cluster, Client(cluster) as client:
-        yield client
+    try:
+        with Client(cluster) as client:
+            if config.slurm_jobs:
+                _wait_for_a_worker(client, config, f"{config.slurm_jobs} SLURM jobs (see squeue)")
+            yield client
+    finally:
+        _close(cluster)
+
+
+def _wait_for_a_worker(client: Client, config: ClusterConfig, where: str) -> None:
+    """Tasks sent to a cluster without workers wait forever: give up, in one line, after a while."""
+    try:
+        client.wait_for_workers(1, timeout=config.worker_wait)
+    except TimeoutError:
+        raise VlcacheError(f"no Dask worker joined {where} within {config.worker_wait:g}s") from None
+
+
+def _close(cluster) -> None:
+    """The work is done (or failed on its own account) by now: a cluster that will not shut down in
+    time is reported, never turned into a failure of the run."""
+    try:
+        cluster.close(timeout=60)
+    except (TimeoutError, OSError) as exc:
+        print(f"warning: the Dask cluster did not shut down cleanly ({type(exc).__name__}); "
+              "everything committed is kept", file=sys.stderr)

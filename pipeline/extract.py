@@ -9,6 +9,7 @@ uncommitted shard exactly once."""
 from __future__ import annotations
 
 import os
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -18,7 +19,16 @@ import pyarrow as pa
 from distributed import Client, as_completed
 from tqdm.auto import tqdm
 
-from cache_schemas import DatasetTables, EmbeddingSpace, Geometry, SpaceEmbeddings, VlcacheError, open_store, text_hash
+from cache_schemas import (
+    DatasetTables,
+    EmbeddingSpace,
+    Geometry,
+    InvalidSourceError,
+    SpaceEmbeddings,
+    VlcacheError,
+    open_store,
+    text_hash,
+)
 from cache_schemas import tables as schema
 
 from .cluster import ClusterConfig, dask_client
@@ -43,6 +53,8 @@ class ExtractOptions:
     rows_per_shard: int = 1024
     retry_failed: bool = False
     progress: bool = True
+    replace: bool = False  # a dataset of that name with other content is replaced, not refused
+    wait: float = 3600.0  # seconds to wait while another extraction writes the same space
 
 
 @dataclass
@@ -88,14 +100,18 @@ def extract(source: str, fmt: str, dataset: str, encoder: EncoderRequest, store_
     with nullcontext(client) if client else dask_client(cluster) as client:
         store = open_store(store_uri, mode="a", storage_options=storage_options)
         probes = _probe_images(client, raw.image_uris(), options.progress)
+        _require_some_image(probes)
         tables = dataset_tables(raw, probes)
-        registered = store.register_dataset(dataset, **tables, source={"uri": os.path.abspath(source), "format": fmt})
-        space = store.create_space(spec, Geometry.for_shard_rows(options.rows_per_shard))
-        present = {k: _present(space, k, registered) for k in ("images", "texts")}
-        interrupted = {k: set(space.pending_shards(k)) for k in ("images", "texts")}
-        plan_new_content(space, registered, tokenizer_for(spec).count, retry_failed=options.retry_failed)
-        # Workers get the weights as found here (a checkpoint's absolute path): their folder may not be ours.
-        results = _encode(client, space, spec, cluster, options)
+        registered = store.register_dataset(dataset, **tables, source={"uri": os.path.abspath(source), "format": fmt},
+                                            replace=options.replace)
+        geometry = Geometry.for_shard_rows(options.rows_per_shard)
+        with store.space_writer(spec, geometry, f"vlcache extract --dataset {dataset}", wait=options.wait,
+                                on_wait=lambda message: print(message, file=sys.stderr)) as space:
+            present = {k: _present(space, k, registered) for k in ("images", "texts")}
+            interrupted = {k: set(space.pending_shards(k)) for k in ("images", "texts")}
+            plan_new_content(space, registered, tokenizer_for(spec).count, retry_failed=options.retry_failed)
+            # Workers get the weights as found here (a checkpoint's absolute path): their folder may not be ours.
+            results = _encode(client, space, spec, cluster, options)
     resumed = sum(r.shard in interrupted[r.kind] for r in results)
     return Summary(
         dataset=dataset, space=space.key, items=registered.items.num_rows,
@@ -117,6 +133,15 @@ def _probe_images(client: Client, uris: list[str], progress: bool) -> dict[str, 
             probes.update((p.uri, p) for p in found)
             bar.update(len(found))
     return probes
+
+
+def _require_some_image(probes: dict[str, Probe]) -> None:
+    """A source none of whose images can be read is a mistake (a wrong --images-root, most often):
+    refused before the dataset is registered, so the fixed command can register it."""
+    if probes and all(p.hash is None for p in probes.values()):
+        first = next(iter(probes.values()))
+        raise InvalidSourceError(f"none of the {len(probes)} images could be read (first: {first.uri}: "
+                                 f"{first.message}); check --images-root")
 
 
 def dataset_tables(raw: RawDataset, probes: dict[str, Probe]) -> dict[str, pa.Table]:

@@ -1,4 +1,5 @@
 import os
+import uuid
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # nothing may come from a model hub
 os.environ.setdefault("TQDM_DISABLE", "1")
@@ -18,7 +19,7 @@ IN_PROCESS = ClusterConfig(processes=False)
 def run_extract(source, fmt, dataset, store, rows_per_shard=8, request=TINY, **kwargs):
     """Extract with test-sized shards (many shards, so resume and alignment are exercised)."""
     options = ExtractOptions(rows_per_shard=rows_per_shard, progress=False, batch_size=kwargs.pop("batch_size", 16),
-                             retry_failed=kwargs.pop("retry_failed", False))
+                             retry_failed=kwargs.pop("retry_failed", False), replace=kwargs.pop("replace", False))
     return extract(str(source), fmt, dataset, request, str(store), cluster=kwargs.pop("cluster", IN_PROCESS),
                    options=options, **kwargs)
 
@@ -30,3 +31,26 @@ def small_sugarcrepe(tmp_path_factory):
     subsets = ("add_att", "add_obj", "replace_att", "replace_obj", "replace_rel", "swap_att", "swap_obj")
     sizes = {name: 4 for name in subsets}
     return write_sugarcrepe_example(str(root), sizes=sizes, n_images=12, seed=1)
+
+
+@pytest.fixture
+def s3_store():
+    """A real S3-compatible server (moto) on loopback, and a new bucket in it (moto keeps every server's
+    buckets in one process-wide backend: a fixed name would find an earlier test's store)."""
+    s3fs = pytest.importorskip("s3fs")
+    from moto.server import ThreadedMotoServer
+
+    bucket = f"vlcache-test-{uuid.uuid4().hex[:12]}"
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    options = {"key": "testing", "secret": "testing", "anon": False,
+               "client_kwargs": {"endpoint_url": f"http://{host}:{port}", "region_name": "us-east-1"}}
+    boto3 = pytest.importorskip("boto3")
+    boto3.client("s3", aws_access_key_id="testing", aws_secret_access_key="testing",
+                 **options["client_kwargs"]).create_bucket(Bucket=bucket)
+    try:
+        yield f"s3://{bucket}/store", options
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()
+        server.stop()

@@ -131,3 +131,24 @@ def test_slurm_without_sbatch_is_one_line_not_a_hang(small_sugarcrepe, tmp_path,
     err = capfd.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "needs SLURM's sbatch" in err
     assert not (tmp_path / "store").exists()
+
+
+def test_a_source_whose_images_all_fail_is_refused_then_fixed(small_sugarcrepe, tmp_path, capfd):
+    annotations, images = small_sugarcrepe
+    (tmp_path / "wrong").mkdir()
+    assert main(_extract_args(annotations, tmp_path / "s", **{"--images-root": str(tmp_path / "wrong")})) == 2
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1 and "none of the 11 images could be read" in err and "--images-root" in err
+    assert not (tmp_path / "s" / "datasets" / "sc").exists()
+    assert main(_extract_args(annotations, tmp_path / "s", **{"--images-root": images})) == 0
+
+
+def test_cache_rm_removes_a_dataset_in_one_line(store, tmp_path, capfd):
+    copy = tmp_path / "copy"
+    subprocess.run(["cp", "-r", str(store), str(copy)], check=True)
+    assert main(["cache", "rm", str(copy), "sc"]) == 0
+    assert capfd.readouterr().out == "removed dataset sc\n"
+    assert main(["cache", "info", str(copy)]) == 0
+    assert "unreferenced by any dataset: 11 images" in capfd.readouterr().out  # every image it stored
+    assert main(["cache", "rm", str(copy), "sc"]) == 2
+    assert capfd.readouterr().err.startswith("error: no dataset 'sc'")

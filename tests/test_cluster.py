@@ -30,13 +30,18 @@ def test_ctrl_c_before_a_dask_call_starts_logs_no_traceback():
     logger.addHandler(logged)
     runner = LoopRunner(asynchronous=False)
     runner.start()
+    interrupted = threading.Event()
     try:
-        runner.loop.add_callback(time.sleep, 1.0)  # the loop is busy: sync's coroutine cannot start
-        threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()  # Ctrl-C, while sync() waits
+        # The loop stays busy until the Ctrl-C has landed, however loaded the machine: sync's coroutine
+        # cannot start before it.
+        runner.loop.add_callback(interrupted.wait, 60)
         with pytest.raises(KeyboardInterrupt):
+            threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()  # Ctrl-C, while sync() waits
             sync(runner.loop, asyncio.sleep, 0)
+        interrupted.set()
         time.sleep(1.5)  # sync's cancel callback runs once the loop is free
     finally:
+        interrupted.set()
         runner.stop()
         logger.removeHandler(logged)
     assert not [r for r in logged.records if r.exc_info]
@@ -61,3 +66,16 @@ def test_a_local_cluster_starts_cleanly_while_another_holds_the_default_dashboar
                 assert client.submit(sum, [1, 2]).result() == 3
     finally:
         holder.close()
+
+
+def test_a_scheduler_without_workers_is_one_line_not_a_hang():
+    from distributed import LocalCluster
+
+    from cache_schemas import VlcacheError
+    from pipeline.cluster import ClusterConfig, dask_client
+
+    with LocalCluster(n_workers=0, processes=False, dashboard_address=None) as empty:
+        config = ClusterConfig(scheduler_address=empty.scheduler_address, worker_wait=0.5)
+        with pytest.raises(VlcacheError, match=r"no Dask worker joined the scheduler at \S+ within 0.5s"):
+            with dask_client(config):
+                pass

@@ -15,6 +15,7 @@ from cache_schemas import (
     open_store,
     verify,
 )
+from cache_schemas.info import describe_store
 from pipeline.cluster import ClusterConfig
 from trainer.run import evaluate_head
 
@@ -45,29 +46,27 @@ def test_the_same_name_with_other_content_is_refused(tmp_path, small_sugarcrepe)
     annotations, images = small_sugarcrepe
     run_extract(annotations, "sugarcrepe", "sc", tmp_path / "store", images_root=images)
     (tmp_path / "other.jsonl").write_text(json.dumps({"image": f"{images}/000000.png", "caption": "else"}) + "\n")
-    with pytest.raises(DatasetConflictError, match="already exists .* with different content"):
+    with pytest.raises(DatasetConflictError, match="already exists .* with different content.*--replace"):
         run_extract(tmp_path / "other.jsonl", "jsonl", "sc", tmp_path / "store")
 
 
-@pytest.fixture
-def s3_store():
-    """A real S3-compatible server (moto) on loopback, and a bucket in it."""
-    s3fs = pytest.importorskip("s3fs")
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    options = {"key": "testing", "secret": "testing", "anon": False,
-               "client_kwargs": {"endpoint_url": f"http://{host}:{port}", "region_name": "us-east-1"}}
-    boto3 = pytest.importorskip("boto3")
-    boto3.client("s3", aws_access_key_id="testing", aws_secret_access_key="testing",
-                 **options["client_kwargs"]).create_bucket(Bucket="vlcache-test")
-    try:
-        yield "s3://vlcache-test/store", options
-    finally:
-        s3fs.S3FileSystem.clear_instance_cache()
-        server.stop()
+def test_a_dataset_is_replaced_then_removed_and_its_embeddings_stay(tmp_path, small_sugarcrepe):
+    annotations, images = small_sugarcrepe
+    run_extract(annotations, "sugarcrepe", "sc", tmp_path / "store", images_root=images)
+    (tmp_path / "fixed.jsonl").write_text(json.dumps({"image": f"{images}/000000.png", "caption": "else"}) + "\n")
+    summary = run_extract(tmp_path / "fixed.jsonl", "jsonl", "sc", tmp_path / "store", replace=True)
+    assert summary.items == 1 and summary.images_encoded == 0 and summary.texts_encoded == 1
+    store = open_store(tmp_path / "store", mode="a")
+    assert store.dataset("sc").items.num_rows == 1
+    (key,) = store.space_keys()
+    space = describe_store(store)["spaces"][key]
+    assert space["unreferenced"] == {"images": space["images"] - 1, "texts": space["texts"] - 1}
+    store.remove_dataset("sc")
+    assert store.dataset_names() == [] and not (tmp_path / "store/datasets/sc").exists()
+    assert describe_store(store)["spaces"][key]["unreferenced"]["images"] == space["images"]
+    assert verify(store).ok
+    with pytest.raises(UnknownDatasetError):
+        store.remove_dataset("sc")
 
 
 def test_extract_to_and_read_from_s3(s3_store, small_sugarcrepe, tmp_path):

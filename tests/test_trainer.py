@@ -1,5 +1,6 @@
 """The trainer reads only the store: streaming, heads, training, resuming, evaluation."""
 
+import glob
 import json
 import os
 import re
@@ -312,3 +313,78 @@ def test_damaged_tensors_stop_train_and_eval_with_one_line(damage, swaps, tmp_pa
     assert code == 2 and err.count("\n") == 1 and err.startswith(f"error: space {key}, array "), err
     assert "run vlcache cache verify" in err
     assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+@pytest.fixture(scope="module")
+def short_run(swaps, tmp_path_factory):
+    store_path, _ = swaps
+    config = tmp_path_factory.mktemp("short") / "short.json"
+    config.write_text(json.dumps({**TINY_TFLOCAL, "train": {**TINY_TFLOCAL["train"], "steps": 4}}))
+    run = tmp_path_factory.mktemp("short") / "run"
+    train(str(store_path), "train", "tflocal", str(run), config_path=str(config), progress=False)
+    return run
+
+
+def _damage(run, case):
+    (latest,) = glob.glob(str(run / "checkpoints" / "step-*"))
+    if case == "pointer outside the run":
+        (run / "checkpoint.json").write_text(json.dumps({"latest": "../../elsewhere"}))
+    elif case == "damaged pointer":
+        (run / "checkpoint.json").write_text("{not json")
+    else:
+        name = {"damaged state": "state.json", "damaged tensors": "head.safetensors",
+                "damaged optimizer": "optimizer.pt"}[case]
+        with open(os.path.join(latest, name), "r+b") as f:
+            f.truncate(os.path.getsize(f.name) // 2)
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("damaged tensors", "the checkpoint in .* cannot be read"),
+    ("damaged state", "the checkpoint in .* cannot be read"),
+    ("damaged optimizer", "the checkpoint in .* cannot be read"),
+    ("damaged pointer", "checkpoint.json is damaged"),
+    ("pointer outside the run", "points outside the run's checkpoints/"),
+])
+def test_a_damaged_run_folder_is_one_line(case, expected, swaps, short_run, tmp_path, capfd):
+    store_path, _ = swaps
+    run = tmp_path / "run"
+    shutil.copytree(short_run, run)
+    _damage(run, case)
+    resume = case == "damaged optimizer"  # only resuming reads the optimizer
+    args = (["train", "--store", str(store_path), "--dataset", "train", "--head", "tflocal", "--out", str(run),
+             "--resume"] if resume else
+            ["eval", "--store", str(store_path), "--dataset", "test", "--head", "tflocal", "--checkpoint", str(run),
+             "--out", str(tmp_path / "x")])
+    capfd.readouterr()
+    assert main(args) == 2
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1 and re.search(expected, err), err
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("config not utf-8", "not UTF-8"),
+    ("unknown device", "'tpu' is not a device"),
+])
+def test_unreadable_config_and_unknown_device_are_one_line(case, expected, swaps, tmp_path, capfd):
+    store_path, _ = swaps
+    (tmp_path / "latin1.json").write_bytes('{"train": {"steps": 1}} // é'.encode("latin-1"))
+    extra = (["--config", str(tmp_path / "latin1.json")] if case == "config not utf-8" else ["--device", "tpu"])
+    capfd.readouterr()
+    code = main(["train", "--store", str(store_path), "--dataset", "train", "--head", "tflocal",
+                 "--out", str(tmp_path / "x"), *extra])
+    err = capfd.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and expected in err, err
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_damaged_dataset_table_is_one_line(swaps, tmp_path, capfd):
+    store_path, _ = swaps
+    damaged = tmp_path / "store"
+    shutil.copytree(store_path, damaged)
+    items = damaged / "datasets" / "test" / "items.parquet"
+    items.write_bytes(items.read_bytes()[: items.stat().st_size // 2])
+    capfd.readouterr()
+    code = main(["eval", "--head", "global", "--store", str(damaged), "--dataset", "test",
+                 "--out", str(tmp_path / "o")])
+    err = capfd.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "items.parquet cannot be read as Parquet" in err, err

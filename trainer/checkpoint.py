@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from cache_schemas import SpaceEmbeddings, VlcacheError
@@ -32,7 +34,11 @@ class Checkpoint:
     def build_head(self, space: SpaceEmbeddings) -> Head:
         self.check_space(space)
         head = build_head(self.state["head"], Dims.of(space.spec), self.state["head_config"])
-        head.load_state_dict(self.head_tensors)
+        try:
+            head.load_state_dict(self.head_tensors)
+        except RuntimeError as exc:  # tensors that do not fit the head its state.json describes
+            raise CheckpointError(f"the checkpoint's tensors do not fit the {self.state['head']} head its "
+                                  f"state.json describes ({type(exc).__name__}); train again") from exc
         return head
 
     def check_space(self, space: SpaceEmbeddings) -> None:
@@ -71,9 +77,31 @@ def load(run_dir: str, with_optimizer: bool = False) -> Checkpoint:
     if not os.path.isfile(pointer):
         raise CheckpointError(f"no checkpoint in {run_dir} ({POINTER} is missing); "
                               "train a head with vlcache train first")
-    with open(pointer) as f:
-        folder = os.path.join(run_dir, json.load(f)["latest"])
-    with open(os.path.join(folder, "state.json")) as f:
-        state = json.load(f)
-    optimizer = torch.load(os.path.join(folder, "optimizer.pt"), weights_only=True) if with_optimizer else None
-    return Checkpoint(state, load_file(os.path.join(folder, "head.safetensors")), optimizer)
+    folder = _latest(run_dir)
+    try:
+        with open(os.path.join(folder, "state.json")) as f:
+            state = json.load(f)
+        tensors = load_file(os.path.join(folder, "head.safetensors"))
+        optimizer = torch.load(os.path.join(folder, "optimizer.pt"), weights_only=True) if with_optimizer else None
+    except (OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError, SafetensorError) as exc:
+        # json, safetensors and torch each raise their own kind for a truncated or damaged file
+        raise CheckpointError(f"the checkpoint in {folder} cannot be read ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else 'damaged'}); train again or "
+                              "restore the run folder") from None
+    return Checkpoint(state, tensors, optimizer)
+
+
+def _latest(run_dir: str) -> str:
+    """The folder checkpoint.json points at, which must lie inside the run's checkpoints/."""
+    try:
+        with open(os.path.join(run_dir, POINTER)) as f:
+            latest = json.load(f)["latest"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise CheckpointError(f"{os.path.join(run_dir, POINTER)} is damaged; train again or restore "
+                              "the run folder") from None
+    root = os.path.realpath(os.path.join(run_dir, "checkpoints"))
+    folder = os.path.realpath(os.path.join(run_dir, str(latest)))
+    if os.path.dirname(folder) != root:
+        raise CheckpointError(f"{os.path.join(run_dir, POINTER)} points outside the run's checkpoints/ "
+                              f"({latest!r}); refusing to follow it")
+    return folder

@@ -57,7 +57,9 @@ def read_config(path: str | Path) -> dict[str, Any]:
             data = json.load(f)
     except FileNotFoundError:
         raise VlcacheError(f"config file {path} does not exist") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError:
+        raise VlcacheError(f"config file {path} is not UTF-8 text (JSON must be)") from None
+    except json.JSONDecodeError as exc:
         raise VlcacheError(f"config file {path} is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise VlcacheError(f"config file {path} must hold a JSON object")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Iterable
 
@@ -48,6 +49,21 @@ def _region_sources() -> Iterable[str]:
     from trainer.diagnostic import SOURCES
 
     return SOURCES
+
+
+class Device(click.ParamType):
+    """Checked where the command is read: a device torch cannot name would otherwise fail only inside
+    the workers, after the dataset and its plans were written."""
+
+    name = "device"
+
+    def convert(self, value, param, ctx):
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
+            self.fail(f"{value!r} is not a device: auto, cpu, cuda, cuda:N or mps", param, ctx)
+        return value
+
+
+DEVICE = Device()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -92,8 +108,10 @@ class SourcePath(click.Path):
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="Threads per local worker.")
 @click.option("--scheduler-address", default=None, help="Use an existing Dask scheduler instead of a local cluster.")
 @click.option("--slurm-jobs", type=click.IntRange(min=0), default=0, help="Start this many SLURM jobs (dask-jobqueue).")
+@click.option("--worker-wait", type=click.FloatRange(min=0), default=600, show_default=True,
+              help="Seconds SLURM jobs or an existing scheduler may take to bring a first worker.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--device", type=DEVICE, default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--rows-per-shard", type=click.IntRange(min=1), default=1024, show_default=True,
               help="Rows per shard: the unit of work, commit and resume (fixed when a space is created).")
 @click.option("--tokens", default=None,
@@ -104,12 +122,17 @@ class SourcePath(click.Path):
 @click.option("--projected/--raw", default=False, show_default=True, help="Project tokens into the joint space.")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
 @click.option("--retry-failed", is_flag=True, help="Try images that failed in an earlier run again.")
+@click.option("--replace", is_flag=True, help="Replace a dataset of the same name whose content differs "
+              "(after fixing its source); its embeddings already stored are kept and reused.")
+@click.option("--wait", type=click.FloatRange(min=0), default=3600, show_default=True,
+              help="Seconds to wait while another extraction writes the same space, then give up.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def extract(source, fmt, dataset, model, encoder, pretrained, store_uri, images_root, image_column, caption_column,
             separator, split, workers, threads,
-            scheduler_address, slurm_jobs, batch_size, device, rows_per_shard, tokens, tokenizer, layer, projected,
-            dtype, retry_failed, as_json, quiet) -> None:
+            scheduler_address, slurm_jobs, worker_wait, batch_size, device, rows_per_shard, tokens, tokenizer, layer,
+            projected,
+            dtype, retry_failed, replace, wait, as_json, quiet) -> None:
     """Encode SOURCE's unique images and texts into the store, once per encoder."""
     from pipeline.cluster import ClusterConfig
     from pipeline.encoders import EncoderRequest
@@ -121,8 +144,9 @@ def extract(source, fmt, dataset, model, encoder, pretrained, store_uri, images_
     request = EncoderRequest(model, pretrained, image_tokens, layer, projected, dtype, encoder, tokenizer)
     summary = run_extract(
         source, fmt, dataset, request, store_uri, images_root=images_root, split=split,
-        cluster=ClusterConfig(scheduler_address, slurm_jobs, workers, threads),
-        options=ExtractOptions(batch_size, device, rows_per_shard, retry_failed, progress=not quiet),
+        cluster=ClusterConfig(scheduler_address, slurm_jobs, workers, threads, worker_wait=worker_wait),
+        options=ExtractOptions(batch_size, device, rows_per_shard, retry_failed, progress=not quiet, replace=replace,
+                               wait=wait),
         reader=ReaderOptions(image_column, caption_column, separator),
     )
     click.echo(json.dumps(summary.to_json(), indent=2) if as_json else "\n".join(summary.lines()))
@@ -138,7 +162,7 @@ def extract(source, fmt, dataset, model, encoder, pretrained, store_uri, images_
               help='JSON overriding the head\'s defaults: {"head": {...}, "train": {...}}.')
 @click.option("--space", "space_key", default=None, help="Embedding space key, when the store holds several.")
 @click.option("--split", default="train", show_default=True, help="Items of this split only ('' for all).")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--device", type=DEVICE, default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--seed", type=click.IntRange(min=0), default=None,
               help="Training seed (overrides the config's); repeat a run with several to measure its spread.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
@@ -168,7 +192,7 @@ def train(store_uri, dataset, head, out, eval_datasets, config_path, space_key, 
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Report folder.")
 @click.option("--space", "space_key", default=None)
 @click.option("--split", default="", help="Items of this split only (default: all).")
-@click.option("--device", default="auto", show_default=True)
+@click.option("--device", type=DEVICE, default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--retrieval-k", type=click.IntRange(min=0), default=16, show_default=True,
               help="Global top K a pairwise head re-ranks (0: no retrieval).")
 def evaluate(store_uri, dataset, head, run_dir, out, space_key, split, device, retrieval_k) -> None:
@@ -245,7 +269,7 @@ def demo(out: str, sweep: bool, small: bool, seed: int, quiet: bool) -> None:
 @click.option("--seeds", default="0", show_default=True, help="Training seeds, comma-separated.")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), default=None,
               help='JSON {"train": {...}} overriding every head\'s training defaults (steps, lr, ...).')
-@click.option("--device", default="auto", show_default=True)
+@click.option("--device", type=DEVICE, default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--quiet", is_flag=True)
 def reproduce(coco, sugarcrepe, bivlc, trohn, model, pretrained, tokenizer, out, seeds, config_path, device,
               quiet) -> None:
@@ -315,9 +339,23 @@ def cache_info(uri: str, as_json: bool) -> None:
         click.echo(f"  space {key}: {s['description']}")
         click.echo(f"    {s['images']} images, {s['texts']} texts, {s['failed']} failed, "
                    f"{_mb(s['bytes']['total'])}; pending shards {s['pending_shards']}")
+        if any(s["unreferenced"].values()):
+            click.echo(f"    unreferenced by any dataset: {s['unreferenced']['images']} images, "
+                       f"{s['unreferenced']['texts']} texts")
         for name, c in s["datasets"].items():
             click.echo(f"    {name}: {c['images']}/{info['datasets'][name]['images']} images, "
                        f"{c['texts']}/{info['datasets'][name]['texts']} texts encoded")
+
+
+@cache.command("rm")
+@click.argument("uri")
+@click.argument("dataset")
+def cache_rm(uri: str, dataset: str) -> None:
+    """Remove DATASET from the store; embeddings other datasets share are kept."""
+    from cache_schemas import open_store
+
+    open_store(uri, mode="a").remove_dataset(dataset)
+    click.echo(f"removed dataset {dataset}")
 
 
 @cache.command("verify")
