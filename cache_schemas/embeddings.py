@@ -134,6 +134,32 @@ class SpaceEmbeddings:
         part = part.replace_schema_metadata({"vlcache": json.dumps(meta)})
         self.location.write_parquet(part_path(self.key, kind, shard), part)
 
+    def drop_shard(self, kind: Kind, shard: int) -> int:
+        """Forget a committed shard whose content no dataset needs; return the bytes freed. The caller
+        holds the space's lease. The order keeps a crash harmless: without its part the shard is only
+        pending (an extraction would encode it again); without its plan rows its number is free; its
+        Zarr shards, deleted last, are at worst bytes nobody reads until the number is reused."""
+        self.location.remove(part_path(self.key, kind, shard))
+        for name in self.location.listdir(self._rel("plans")):
+            if not name.startswith(f"{kind}-"):
+                continue
+            plan = self.location.read_parquet(self._rel(f"plans/{name}"))
+            keep = plan["row"].to_numpy() // self.geometry.rows_per_shard != shard
+            if keep.all():
+                continue
+            if keep.any():
+                self.location.write_parquet(self._rel(f"plans/{name}"), plan.filter(pa.array(keep)))
+            else:
+                self.location.remove(self._rel(f"plans/{name}"))
+        freed = 0
+        for name in self.arrays(kind):
+            rel = self._rel(f"{EMBEDDINGS}/{name}/c/{shard}" + "/0" * len(self.layouts[name].row_shape))
+            if self.location.exists(rel):
+                freed += self.location.fs.size(self.location.path(rel))
+                self.location.remove(rel)
+        self.__dict__.pop("_parts", None)  # cached views are stale now
+        return freed
+
     def part(self, kind: Kind, shard: int) -> tuple[pa.Table, dict]:
         table = self.location.read_parquet(part_path(self.key, kind, shard))
         meta = json.loads(table.schema.metadata[b"vlcache"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .gc import referenced
 from .store import Store
 
 
@@ -34,11 +35,9 @@ def _dataset(store: Store, name: str) -> dict[str, Any]:
 def _space(store: Store, key: str) -> dict[str, Any]:
     space = store.space(key)
     images, texts = set(space.images()["hash"].to_pylist()), set(space.texts()["hash"].to_pylist())
-    coverage, referenced = {}, {"images": set(), "texts": set()}
+    coverage, needed = {}, referenced(store)
     for name in store.dataset_names():
         dataset = store.dataset(name)
-        referenced["images"] |= set(dataset.images["hash"].to_pylist())
-        referenced["texts"] |= set(dataset.texts["hash"].to_pylist())
         coverage[name] = {
             "images": sum(h in images for h in dataset.images["hash"].to_pylist()),
             "texts": sum(h in texts for h in dataset.texts["hash"].to_pylist()),
@@ -55,7 +54,7 @@ def _space(store: Store, key: str) -> dict[str, Any]:
         "pending_shards": {kind: len(space.pending_shards(kind)) for kind in ("images", "texts")},
         "bytes": {"total": sum(nbytes.values()), **nbytes},
         "datasets": coverage,
-        # Stored rows no dataset refers to any more (after `cache rm` or `--replace`): kept, and reused
-        # if a dataset brings that content back.
-        "unreferenced": {"images": len(images - referenced["images"]), "texts": len(texts - referenced["texts"])},
+        # Stored rows no dataset refers to any more (after `cache rm` or `--replace`): kept (reused if a
+        # dataset brings that content back) until `vlcache cache gc --collect`.
+        "unreferenced": {"images": len(images - needed["images"]), "texts": len(texts - needed["texts"])},
     }

@@ -3,6 +3,7 @@
 import glob
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -143,7 +144,7 @@ def test_a_source_whose_images_all_fail_is_refused_then_fixed(small_sugarcrepe, 
     assert main(_extract_args(annotations, tmp_path / "s", **{"--images-root": images})) == 0
 
 
-def test_cache_rm_removes_a_dataset_in_one_line(store, tmp_path, capfd):
+def test_cache_rm_then_gc_frees_what_no_dataset_needs(store, tmp_path, capfd):
     copy = tmp_path / "copy"
     subprocess.run(["cp", "-r", str(store), str(copy)], check=True)
     assert main(["cache", "rm", str(copy), "sc"]) == 0
@@ -152,3 +153,11 @@ def test_cache_rm_removes_a_dataset_in_one_line(store, tmp_path, capfd):
     assert "unreferenced by any dataset: 11 images" in capfd.readouterr().out  # every image it stored
     assert main(["cache", "rm", str(copy), "sc"]) == 2
     assert capfd.readouterr().err.startswith("error: no dataset 'sc'")
+    assert main(["cache", "gc", str(copy)]) == 0
+    assert re.search(r"11 images and \d+ texts unreferenced; \d+ shards hold nothing else \(--collect frees them\)",
+                     capfd.readouterr().out)
+    assert main(["cache", "gc", str(copy), "--collect"]) == 0
+    assert re.search(r"; collected them, [\d.]+ MB freed", capfd.readouterr().out)
+    assert main(["cache", "gc", str(copy)]) == 0
+    assert "0 images and 0 texts unreferenced; 0 shards" in capfd.readouterr().out
+    assert main(["cache", "verify", str(copy)]) == 0

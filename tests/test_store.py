@@ -15,6 +15,7 @@ from cache_schemas import (
     open_store,
     verify,
 )
+from cache_schemas.gc import collect, find_garbage, referenced
 from cache_schemas.info import describe_store
 from pipeline.cluster import ClusterConfig
 from trainer.run import evaluate_head
@@ -94,3 +95,34 @@ def test_an_existing_scheduler_runs_the_extraction(tmp_path, small_sugarcrepe):
         summary = run_extract(annotations, "sugarcrepe", "sc", tmp_path / "store", images_root=images,
                               cluster=ClusterConfig(scheduler_address=cluster.scheduler_address))
     assert summary.images_encoded > 0 and verify(open_store(tmp_path / "store")).ok
+
+
+def test_gc_collects_whole_shards_no_dataset_needs_and_their_content_can_come_back(tmp_path, small_sugarcrepe):
+    annotations, images = small_sugarcrepe
+    path = tmp_path / "store"
+    run_extract(annotations, "sugarcrepe", "sc", path, images_root=images)  # 8 rows per shard: several shards
+    (tmp_path / "one.jsonl").write_text(json.dumps({"image": f"{images}/000000.png", "caption": "its own"}) + "\n")
+    run_extract(tmp_path / "one.jsonl", "jsonl", "one", path)
+    store = open_store(path, mode="a")
+    (key,) = store.space_keys()
+    before = store.space(key)
+    kept_image = store.dataset("one").images["hash"][0].as_py()
+    reference = before.read("image_global", before.rows("images", [kept_image]))
+    store.remove_dataset("sc")
+
+    garbage, freed = collect(store, key)
+    assert freed > 0 and garbage.shards["images"] and garbage.shards["texts"]
+    after = open_store(path).space(key)
+    assert verify(open_store(path)).ok
+    assert set(after.committed_shards("images")) == {before.geometry.shard_of(int(before.rows("images",
+                                                                                                [kept_image])[0]))}
+    np.testing.assert_array_equal(after.read("image_global", after.rows("images", [kept_image])), reference)
+    assert find_garbage(after, referenced(open_store(path))).shards == {"images": [], "texts": []}
+
+    summary = run_extract(annotations, "sugarcrepe", "sc", path, images_root=images)  # brought back
+    space = open_store(path).space(key)
+    assert summary.images_encoded == summary.images - summary.images_present > 0
+    assert verify(open_store(path)).ok
+    for kind in ("images", "texts"):
+        hashes = space.view(kind)["hash"].to_pylist()
+        assert len(hashes) == len(set(hashes))

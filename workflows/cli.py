@@ -341,7 +341,7 @@ def cache_info(uri: str, as_json: bool) -> None:
                    f"{_mb(s['bytes']['total'])}; pending shards {s['pending_shards']}")
         if any(s["unreferenced"].values()):
             click.echo(f"    unreferenced by any dataset: {s['unreferenced']['images']} images, "
-                       f"{s['unreferenced']['texts']} texts")
+                       f"{s['unreferenced']['texts']} texts (see vlcache cache gc)")
         for name, c in s["datasets"].items():
             click.echo(f"    {name}: {c['images']}/{info['datasets'][name]['images']} images, "
                        f"{c['texts']}/{info['datasets'][name]['texts']} texts encoded")
@@ -356,6 +356,28 @@ def cache_rm(uri: str, dataset: str) -> None:
 
     open_store(uri, mode="a").remove_dataset(dataset)
     click.echo(f"removed dataset {dataset}")
+
+
+@cache.command("gc")
+@click.argument("uri")
+@click.option("--collect", is_flag=True, help="Delete the shards no dataset needs (otherwise: only report them).")
+def cache_gc(uri: str, collect: bool) -> None:
+    """Rows no dataset refers to: report them, and with --collect free every shard holding only those."""
+    from cache_schemas import open_store
+    from cache_schemas.gc import collect as collect_space
+    from cache_schemas.gc import find_garbage, referenced
+
+    store = open_store(uri, mode="a" if collect else "r")
+    needed = referenced(store)
+    for key in store.space_keys():
+        if collect:
+            garbage, freed = collect_space(store, key)
+        else:
+            garbage, freed = find_garbage(store.space(key), needed), None
+        shards = sum(len(s) for s in garbage.shards.values())
+        done = f"; collected them, {_mb(freed)} freed" if collect else (" (--collect frees them)" if shards else "")
+        click.echo(f"space {key}: {garbage.unreferenced['images']} images and {garbage.unreferenced['texts']} texts "
+                   f"unreferenced; {shards} shards hold nothing else{done}")
 
 
 @cache.command("verify")
