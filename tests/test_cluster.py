@@ -74,7 +74,7 @@ def test_a_scheduler_without_workers_is_one_line_not_a_hang():
     from cache_schemas import VlcacheError
     from pipeline.cluster import ClusterConfig, dask_client
 
-    with LocalCluster(n_workers=0, processes=False, dashboard_address=None) as empty:
+    with LocalCluster(n_workers=0, processes=False, dashboard_address=":0") as empty:
         config = ClusterConfig(scheduler_address=empty.scheduler_address, worker_wait=0.5)
         with pytest.raises(VlcacheError, match=r"no Dask worker joined the scheduler at \S+ within 0.5s"):
             with dask_client(config):

@@ -16,7 +16,7 @@ def test_the_slurm_recipe_asks_one_gpu_and_one_worker_per_job(tmp_path, monkeypa
         settings = yaml.safe_load(f)
     # Merged into the defaults key by key, as dask merges a jobqueue.yaml it finds in DASK_CONFIG.
     with dask.config.set({f"jobqueue.slurm.{k}": v for k, v in settings["jobqueue"]["slurm"].items()}):
-        with jobqueue.SLURMCluster(scheduler_options={"dashboard_address": None}) as cluster:
+        with jobqueue.SLURMCluster(scheduler_options={"dashboard_address": ":0"}) as cluster:
             script = cluster.job_script()
     assert "#SBATCH --gres=gpu:1" in script and "#SBATCH -p gpu" in script
     assert "--nworkers" not in script and "--nthreads 8" in script  # one worker (one encoder) per job
