@@ -1,7 +1,9 @@
 """Trainer streaming benchmark, side by side in one run: Zarr chunks decoded and time per epoch for the
-loader's block shuffle (items grouped by chunk, shuffled within windows) versus a plain random
-permutation read through the same windows (what a random sampler does). Writes loader_bench.json
-and loader_bench.md."""
+loader's block shuffle (items grouped by chunk, shuffled within windows), for a plain random
+permutation read through the same windows (what a random sampler does), and for the block shuffle
+read through zarr's orthogonal indexing (vlcache before); the epoch against a raw zarr read of the
+same arrays; and what checking reads costs (no check, the check every read makes, a full checksum of
+each shard on first touch). Writes loader_bench.json and loader_bench.md."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import time
 import numpy as np
 from results import publish
 
-from cache_schemas import open_store
+from cache_schemas import SpaceEmbeddings, checksum, open_store
 from pipeline.cluster import ClusterConfig
 from pipeline.encoders import EncoderRequest
 from pipeline.extract import ExtractOptions, extract
@@ -32,6 +34,13 @@ class _PermutationLoader(BatchLoader):
         return [order[i:i + self.batch_size] for i in range(0, usable, self.batch_size)]
 
 
+class _OIndexSpace(SpaceEmbeddings):
+    """The space read with zarr's orthogonal indexing (vlcache before reads became slices)."""
+
+    def _read_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
+        return self.array(name).oindex[rows]
+
+
 def one_epoch(loader: BatchLoader) -> dict[str, float]:
     start = time.perf_counter()
     batches = 0
@@ -43,6 +52,52 @@ def one_epoch(loader: BatchLoader) -> dict[str, float]:
             "image_chunk_reads": loader.chunk_reads["image_patches"],
             "text_chunk_reads": loader.chunk_reads["text_tokens"],
             "max_window_mb": loader.max_window_bytes / 1e6}
+
+
+def raw_read(space) -> dict[str, float]:
+    """A plain zarr read of what the loader streams (every committed image's patches, every text's
+    tokens), one slice per committed shard: the disk-and-decode bound. Seconds and bytes decoded."""
+    spans = [("image_patches", space.geometry.shard_rows(s).start,
+              space.geometry.shard_rows(s).start + space.part("images", s)[0].num_rows)
+             for s in space.committed_shards("images")]
+    spans += [("text_tokens", *space.part("texts", s)[1]["token_rows"]) for s in space.committed_shards("texts")]
+    start, nbytes = time.perf_counter(), 0
+    for name, lo, hi in spans:
+        nbytes += space.array(name)[lo:hi].nbytes
+    return {"seconds": time.perf_counter() - start, "bytes": nbytes}
+
+
+def read_checks(space, batches: list[np.ndarray], name: str = "image_patches") -> dict[str, float]:
+    """Seconds to read `batches` of rows three ways, side by side."""
+    def raw() -> None:
+        for rows in batches:
+            space.array(name).oindex[np.unique(rows)]
+
+    def checked() -> None:  # what SpaceEmbeddings.read does on every read
+        for rows in batches:
+            space.read(name, rows)
+
+    def checksummed() -> None:  # a full sha256 of each shard when first touched, as cache verify computes it
+        verified: set[int] = set()
+        for rows in batches:
+            for shard in set((rows // space.geometry.rows_per_shard).tolist()) - verified:
+                part, meta = space.part("images", shard)
+                block = space.array(name)[int(part["row"].to_numpy().min()):int(part["row"].to_numpy().max()) + 1]
+                assert checksum(block) == meta["checksums"][name]
+                verified.add(shard)
+            space.read(name, rows)
+
+    raw()  # warm: metadata and the OS page cache, for every method alike
+    seconds = {}
+    for label, read in (("no check", raw), ("zeros and non-finite check", checked),
+                        ("sha256 per shard on first touch", checksummed)):
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            read()
+            times.append(time.perf_counter() - start)
+        seconds[label] = min(times)
+    return seconds
 
 
 def main() -> None:
@@ -61,18 +116,31 @@ def main() -> None:
         space = store.space("vlcache-tiny")
         examples = Examples.from_dataset(space, store.dataset("bench"))
         results = {}
-        for name, cls in (("block shuffle", BatchLoader), ("random permutation", _PermutationLoader)):
-            loader = cls(space, examples, NEEDS, batch_size=64, shuffle_buffer=args.buffer, prefetch=0)
+        oindex = _OIndexSpace(space.location, space.spec, space.geometry, writable=False)
+        for name, cls, source in (("block shuffle", BatchLoader, space),
+                                  ("random permutation", _PermutationLoader, space),
+                                  ("block shuffle, zarr orthogonal indexing", BatchLoader, oindex)):
+            loader = cls(source, examples, NEEDS, batch_size=64, shuffle_buffer=args.buffer, prefetch=0)
             results[name] = one_epoch(loader)
+        raw = raw_read(space)
+        rows = np.random.default_rng(0).permutation(space.images()["row"].to_numpy())
+        checks = read_checks(space, [rows[i:i + 64] for i in range(0, len(rows), 64)])
     ours, plain = results["block shuffle"], results["random permutation"]
     results["ratios"] = {
         "image_chunk_reads (permutation / ours)": plain["image_chunk_reads"] / ours["image_chunk_reads"],
         "epoch_seconds (permutation / ours)": plain["seconds"] / ours["seconds"],
+        "epoch_seconds (orthogonal indexing / slices)":
+            results["block shuffle, zarr orthogonal indexing"]["seconds"] / ours["seconds"],
+        "loader epoch vs a raw read of the same arrays (raw seconds / epoch seconds)": raw["seconds"] / ours["seconds"],
     }
+    results["raw read"] = raw
     lines = ["| loader | batches | image chunk reads | text chunk reads | epoch s |", "|---|---:|---:|---:|---:|"]
     lines += [f"| {n} | {r['batches']} | {r['image_chunk_reads']} | {r['text_chunk_reads']} | {r['seconds']:.2f} |"
-              for n, r in results.items() if n != "ratios"]
+              for n, r in results.items() if n not in ("ratios", "raw read")]
     lines += ["", *(f"- {k}: {v:.1f}x" for k, v in results["ratios"].items())]
+    results["read checks (seconds, one pass of random batches of 64 over image_patches)"] = checks
+    lines += ["", "| reading every image row once, random batches of 64 | time vs no check |", "|---|---:|"]
+    lines += [f"| {label} | {seconds / checks['no check']:.2f}x |" for label, seconds in checks.items()]
     publish(args.out, "loader_bench", results, "\n".join(lines) + "\n")
 
 

@@ -44,4 +44,5 @@ def collect(store: Store, key: str) -> tuple[Garbage, int]:
     with store.space_writer(spec, store.space(key).geometry, "vlcache cache gc --collect") as space:
         garbage = find_garbage(space, referenced(store))
         freed = sum(space.drop_shard(kind, shard) for kind in KINDS for shard in garbage.shards[kind])
+        space.compact()
     return garbage, freed

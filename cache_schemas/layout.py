@@ -9,6 +9,7 @@
                                            image_global, text_tokens (ragged, flat), text_global
       spaces/<key>/plans/<first-shard>.parquet   rows assigned to content, before encoding
       spaces/<key>/parts/{images,texts}/<shard>.parquet   commit records, one per encoded shard
+      spaces/<key>/index/{images,texts}.parquet   the parts' rows in one file (compacted), optional
 
 Shard s of a kind owns rows [s*R, (s+1)*R) of that kind's arrays (and, for texts, token rows
 [s*R*C, (s+1)*R*C) of text_tokens, C the context length), so each Zarr shard has exactly one writer.
@@ -40,6 +41,10 @@ def space_dir(key: str) -> str:
 
 def plan_path(key: str, kind: Kind, first_shard: int) -> str:
     return f"{space_dir(key)}/plans/{kind}-{first_shard:06d}.parquet"
+
+
+def index_path(key: str, kind: Kind) -> str:
+    return f"{space_dir(key)}/index/{kind}.parquet"
 
 
 def part_path(key: str, kind: Kind, shard: int) -> str:

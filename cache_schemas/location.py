@@ -69,6 +69,11 @@ class Location:
             raise DamagedStoreError(f"{self.url(rel)} cannot be read as Parquet ({exc}); run vlcache cache "
                                     f"verify {self.uri}") from None
 
+    def read_parquet_schema(self, rel: str) -> pa.Schema:
+        """The schema and its metadata, from the footer alone."""
+        with self.fs.open(self.path(rel), "rb") as f:
+            return pq.read_schema(f)
+
     def write_bytes(self, rel: str, data: bytes, exclusive: bool = False) -> None:
         """Write atomically. With `exclusive`, fail with StoreBusyError if the file already exists."""
         path = self.path(rel)

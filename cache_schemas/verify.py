@@ -59,7 +59,7 @@ def _verify_dataset(store: Store, name: str, report: VerifyReport) -> None:
 def _verify_kind(space: SpaceEmbeddings, kind: str, report: VerifyReport) -> None:
     where = f"space {space.key} {kind}"
     seen: Counter = Counter()
-    for shard in space.committed_shards(kind):
+    for shard in space.listed_shards(kind):  # every part file, whatever the index says
         try:
             part, meta = space.part(kind, shard)
         except (VlcacheError, OSError, KeyError, ValueError) as exc:
@@ -81,6 +81,11 @@ def _verify_kind(space: SpaceEmbeddings, kind: str, report: VerifyReport) -> Non
                 report.problems.append(f"{where} shard {shard}: {name} does not match its checksum")
         report.checked[f"{kind} shards"] += 1
         report.checked[f"{kind} rows"] += len(rows)
+    covered = space.indexed_shards(kind) or set()
+    orphans = covered - set(space.listed_shards(kind))
+    if orphans:
+        report.problems.append(f"{where}: the index covers {len(orphans)} shards without a commit record "
+                               f"(first: {min(orphans)}); run vlcache cache compact")
     duplicated = [h for h, n in seen.items() if n > 1]
     if duplicated:
         report.problems.append(f"{where}: {len(duplicated)} content hashes stored more than once")

@@ -5,7 +5,7 @@ MAJOR grows when old readers would misread the store. A reader refuses an unknow
 
 from .errors import SchemaVersionError
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # 1.1: spaces/<key>/index/ (optional; 1.0 readers ignore it)
 
 
 def parse_schema_version(value: object) -> tuple[int, int]:

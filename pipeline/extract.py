@@ -112,6 +112,8 @@ def extract(source: str, fmt: str, dataset: str, encoder: EncoderRequest, store_
             plan_new_content(space, registered, tokenizer_for(spec).count, retry_failed=options.retry_failed)
             # Workers get the weights as found here (a checkpoint's absolute path): their folder may not be ours.
             results = _encode(client, space, spec, cluster, options)
+            if results:
+                space.compact()  # the next reader opens one index file, not one part per commit
     resumed = sum(r.shard in interrupted[r.kind] for r in results)
     return Summary(
         dataset=dataset, space=space.key, items=registered.items.num_rows,

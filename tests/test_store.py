@@ -2,6 +2,7 @@
 and an existing Dask scheduler."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from cache_schemas.gc import collect, find_garbage, referenced
 from cache_schemas.info import describe_store
 from pipeline.cluster import ClusterConfig
 from trainer.run import evaluate_head
+from workflows.cli import main
 
 from .conftest import run_extract
 
@@ -91,7 +93,7 @@ def test_extract_to_and_read_from_s3(s3_store, small_sugarcrepe, tmp_path):
 
 def test_an_existing_scheduler_runs_the_extraction(tmp_path, small_sugarcrepe):
     annotations, images = small_sugarcrepe
-    with LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster:
+    with LocalCluster(n_workers=1, processes=False, dashboard_address=":0") as cluster:
         summary = run_extract(annotations, "sugarcrepe", "sc", tmp_path / "store", images_root=images,
                               cluster=ClusterConfig(scheduler_address=cluster.scheduler_address))
     assert summary.images_encoded > 0 and verify(open_store(tmp_path / "store")).ok
@@ -126,3 +128,28 @@ def test_gc_collects_whole_shards_no_dataset_needs_and_their_content_can_come_ba
     for kind in ("images", "texts"):
         hashes = space.view(kind)["hash"].to_pylist()
         assert len(hashes) == len(set(hashes))
+
+
+def test_the_index_gives_the_same_rows_as_the_parts_and_follows_collection(tmp_path, small_sugarcrepe):
+    annotations, images = small_sugarcrepe
+    path = tmp_path / "store"
+    run_extract(annotations, "sugarcrepe", "sc", path, images_root=images)  # extract compacts as it finishes
+    (key,) = open_store(path).space_keys()
+    index = path / "spaces" / key / "index"
+    assert sorted(p.name for p in index.iterdir()) == ["images.parquet", "texts.parquet"]
+    indexed = {kind: open_store(path).space(key).view(kind).sort_by("row") for kind in ("images", "texts")}
+    shutil.rmtree(index)  # a 1.0 store: every part read
+    for kind, table in indexed.items():
+        assert open_store(path).space(key).view(kind).sort_by("row").equals(table)
+
+    assert main(["cache", "compact", str(path)]) == 0
+    (tmp_path / "more.jsonl").write_text(json.dumps({"image": f"{images}/000000.png", "caption": "new"}) + "\n")
+    run_extract(tmp_path / "more.jsonl", "jsonl", "more", path)  # a commit after the index was written...
+    store = open_store(path, mode="a")
+    store.remove_dataset("sc")
+    collect(store, key)  # ...and shards collected: the index follows both
+    space = open_store(path).space(key)
+    assert space.view("texts")["text"].to_pylist() == ["new"]  # texts had shards of their own
+    assert store.dataset("more").images["hash"][0].as_py() in space.view("images")["hash"].to_pylist()
+    assert find_garbage(space, referenced(store)).shards == {"images": [], "texts": []}
+    assert verify(open_store(path)).ok

@@ -380,6 +380,20 @@ def cache_gc(uri: str, collect: bool) -> None:
                    f"unreferenced; {shards} shards hold nothing else{done}")
 
 
+@cache.command("compact")
+@click.argument("uri")
+def cache_compact(uri: str) -> None:
+    """Index every space's committed rows in one file per kind (extract does this as it finishes)."""
+    from cache_schemas import open_store
+
+    store = open_store(uri, mode="a")
+    for key in store.space_keys():
+        space = store.space(key)
+        with store.space_writer(space.spec, space.geometry, "vlcache cache compact") as writable:
+            writable.compact()
+        click.echo(f"compacted space {key}")
+
+
 @cache.command("verify")
 @click.argument("uri")
 def cache_verify(uri: str) -> None:
