@@ -161,3 +161,12 @@ def test_cache_rm_then_gc_frees_what_no_dataset_needs(store, tmp_path, capfd):
     assert main(["cache", "gc", str(copy)]) == 0
     assert "0 images and 0 texts unreferenced; 0 shards" in capfd.readouterr().out
     assert main(["cache", "verify", str(copy)]) == 0
+
+
+def test_version_names_the_package_and_the_store_schema(capsys):
+    from importlib.metadata import version
+
+    from cache_schemas import SCHEMA_VERSION
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"vlcache {version('vlcache')} (store schema {SCHEMA_VERSION})\n"

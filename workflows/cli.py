@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 
 import click
 
-from cache_schemas import VlcacheError
+from cache_schemas import SCHEMA_VERSION, VlcacheError
 
 
 class RegistryChoice(click.Choice):
@@ -67,6 +67,7 @@ DEVICE = Device()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="vlcache", message=f"%(prog)s %(version)s (store schema {SCHEMA_VERSION})")
 def cli() -> None:
     """vlcache: extract frozen vision-language embeddings once, reuse them everywhere."""
 
