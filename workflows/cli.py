@@ -234,8 +234,8 @@ def diagnose(store_uri, dataset, sources, out, space_key, split) -> None:
 
 @cli.command()
 @click.option("--out", type=click.Path(file_okay=False), default="runs/demo", show_default=True)
-@click.option("--sweep", is_flag=True, help="Repeat the study over scene complexity (about 40 minutes).")
-@click.option("--small", is_flag=True, help="A minute-long run at toy size (a smoke test).")
+@click.option("--sweep", is_flag=True, help="Repeat the study over scene complexity (each point about half the demo).")
+@click.option("--small", is_flag=True, help="A two-minute run at toy size (a smoke test).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--quiet", is_flag=True)
 def demo(out: str, sweep: bool, small: bool, seed: int, quiet: bool) -> None:

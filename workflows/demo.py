@@ -64,7 +64,7 @@ class DemoConfig:
     region_sources: tuple[str, ...] = ("patches", "values", "crops")
 
     def small(self) -> DemoConfig:
-        """A minute-long version, for tests and smoke runs."""
+        """A two-minute version (on 2 cores), for tests and smoke runs."""
         return self._scaled(n_train=200, n_test=50, pretrain_steps=30, head_steps=20)
 
     def for_sweep(self) -> DemoConfig:
