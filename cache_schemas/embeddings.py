@@ -254,6 +254,10 @@ class SpaceEmbeddings:
         """Committed texts: hash, text, n_tokens, offset (into text_tokens), row."""
         return self.view("texts")
 
+    def committed_rows(self, kind: Kind) -> pa.Table:
+        """Every committed row of `kind`, failed ones included (their `error` set)."""
+        return self._parts[kind]
+
     def view(self, kind: Kind) -> pa.Table:
         part = self._parts[kind]
         return part.filter(pc.is_null(part["error"])).select(VIEW_SCHEMAS[kind].names)

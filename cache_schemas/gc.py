@@ -32,16 +32,18 @@ def find_garbage(space: SpaceEmbeddings, needed: dict[Kind, set[str]]) -> Garbag
     garbage = Garbage(space.key)
     for kind in KINDS:
         garbage.unreferenced[kind] = sum(h not in needed[kind] for h in space.view(kind)["hash"].to_pylist())
-        garbage.shards[kind] = [shard for shard in space.committed_shards(kind)
-                                if not any(h in needed[kind] for h in space.part(kind, shard)[0]["hash"].to_pylist())]
+        rows = space.committed_rows(kind)  # failed rows too: a shard is free only if nothing in it is needed
+        shards = rows["row"].to_numpy() // space.geometry.rows_per_shard
+        kept = {int(s) for s, h in zip(shards, rows["hash"].to_pylist()) if h in needed[kind]}
+        garbage.shards[kind] = sorted(set(shards.tolist()) - kept)
     return garbage
 
 
 def collect(store: Store, key: str) -> tuple[Garbage, int]:
     """Drop the space's shards no dataset needs; return what was found and the bytes freed. Holds the
     space's lease, and looks again once it holds it: a dataset registered meanwhile keeps its rows."""
-    spec = store.space(key).spec
-    with store.space_writer(spec, store.space(key).geometry, "vlcache cache gc --collect") as space:
+    found = store.space(key)
+    with store.space_writer(found.spec, found.geometry, "vlcache cache gc --collect") as space:
         garbage = find_garbage(space, referenced(store))
         freed = sum(space.drop_shard(kind, shard) for kind in KINDS for shard in garbage.shards[kind])
         space.compact()

@@ -63,7 +63,8 @@ class Device(click.ParamType):
         return value
 
 
-DEVICE = Device()
+device_option = click.option("--device", type=Device(), default="auto", show_default=True,
+                             help="auto, cpu, cuda, cuda:N or mps.")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -112,7 +113,7 @@ class SourcePath(click.Path):
 @click.option("--worker-wait", type=click.FloatRange(min=0), default=600, show_default=True,
               help="Seconds SLURM jobs or an existing scheduler may take to bring a first worker.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--device", type=DEVICE, default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+@device_option
 @click.option("--rows-per-shard", type=click.IntRange(min=1), default=1024, show_default=True,
               help="Rows per shard: the unit of work, commit and resume (fixed when a space is created).")
 @click.option("--tokens", default=None,
@@ -130,10 +131,9 @@ class SourcePath(click.Path):
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def extract(source, fmt, dataset, model, encoder, pretrained, store_uri, images_root, image_column, caption_column,
-            separator, split, workers, threads,
-            scheduler_address, slurm_jobs, worker_wait, batch_size, device, rows_per_shard, tokens, tokenizer, layer,
-            projected,
-            dtype, retry_failed, replace, wait, as_json, quiet) -> None:
+            separator, split, workers, threads, scheduler_address, slurm_jobs, worker_wait, batch_size, device,
+            rows_per_shard, tokens, tokenizer, layer, projected, dtype, retry_failed, replace, wait, as_json,
+            quiet) -> None:
     """Encode SOURCE's unique images and texts into the store, once per encoder."""
     from pipeline.cluster import ClusterConfig
     from pipeline.encoders import EncoderRequest
@@ -163,7 +163,7 @@ def extract(source, fmt, dataset, model, encoder, pretrained, store_uri, images_
               help='JSON overriding the head\'s defaults: {"head": {...}, "train": {...}}.')
 @click.option("--space", "space_key", default=None, help="Embedding space key, when the store holds several.")
 @click.option("--split", default="train", show_default=True, help="Items of this split only ('' for all).")
-@click.option("--device", type=DEVICE, default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+@device_option
 @click.option("--seed", type=click.IntRange(min=0), default=None,
               help="Training seed (overrides the config's); repeat a run with several to measure its spread.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
@@ -193,7 +193,7 @@ def train(store_uri, dataset, head, out, eval_datasets, config_path, space_key, 
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Report folder.")
 @click.option("--space", "space_key", default=None)
 @click.option("--split", default="", help="Items of this split only (default: all).")
-@click.option("--device", type=DEVICE, default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+@device_option
 @click.option("--retrieval-k", type=click.IntRange(min=0), default=16, show_default=True,
               help="Global top K a pairwise head re-ranks (0: no retrieval).")
 def evaluate(store_uri, dataset, head, run_dir, out, space_key, split, device, retrieval_k) -> None:
@@ -270,7 +270,7 @@ def demo(out: str, sweep: bool, small: bool, seed: int, quiet: bool) -> None:
 @click.option("--seeds", default="0", show_default=True, help="Training seeds, comma-separated.")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), default=None,
               help='JSON {"train": {...}} overriding every head\'s training defaults (steps, lr, ...).')
-@click.option("--device", type=DEVICE, default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+@device_option
 @click.option("--quiet", is_flag=True)
 def reproduce(coco, sugarcrepe, bivlc, trohn, model, pretrained, tokenizer, out, seeds, config_path, device,
               quiet) -> None:
