@@ -10,6 +10,7 @@ import shutil
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,7 +26,10 @@ class ClusterConfig:
     slurm_jobs: int = 0
     workers: int = 1
     threads_per_worker: int = 1
-    processes: bool = True  # False runs workers as threads of this process (fast start, for tests)
+    # Local workers as processes (True) or as threads of this process (False). None, the default: one
+    # worker runs in this process, which spares a second import of torch and a spawn (about 7 s of a
+    # run's fixed cost); several run as processes, so that decoding in each escapes this process's GIL.
+    processes: bool | None = None
     worker_wait: float = 600.0  # seconds an existing scheduler or SLURM jobs may take to bring a first worker
 
     @property
@@ -38,6 +42,9 @@ class ClusterConfig:
         if self.kind != "local":
             return None
         return max(1, (os.cpu_count() or 1) // (self.workers * self.threads_per_worker))
+
+    def local_processes(self) -> bool:
+        return self.workers > 1 if self.processes is None else self.processes
 
 
 class _SyncCancelRace(logging.Filter):
@@ -90,7 +97,7 @@ def dask_client(config: ClusterConfig) -> Iterator[Client]:
         with _workers_ignore_ctrl_c():
             # Dashboard on a free port (None still means :8787, which another cluster may hold).
             cluster = LocalCluster(n_workers=config.workers, threads_per_worker=config.threads_per_worker,
-                                   processes=config.processes, dashboard_address=":0")
+                                   processes=config.local_processes(), dashboard_address=":0")
     try:
         with Client(cluster) as client:
             if config.slurm_jobs:
@@ -116,3 +123,14 @@ def _close(cluster) -> None:
     except (TimeoutError, OSError) as exc:
         print(f"warning: the Dask cluster did not shut down cleanly ({type(exc).__name__}); "
               "everything committed is kept", file=sys.stderr)
+    _join_process_watchers(timeout=10)
+
+
+def _join_process_watchers(timeout: float) -> None:
+    """distributed watches each worker process from a daemon thread that logs when the process is
+    reaped. One still running when the interpreter exits can write to stderr during finalisation,
+    which aborts the process (SIGABRT after a successful run; dask/distributed#7617)."""
+    deadline = time.monotonic() + timeout
+    for thread in threading.enumerate():
+        if thread.name.startswith("AsyncProcess") and thread.name.endswith("watch process join"):
+            thread.join(max(0.0, deadline - time.monotonic()))

@@ -79,3 +79,29 @@ def test_a_scheduler_without_workers_is_one_line_not_a_hang():
         with pytest.raises(VlcacheError, match=r"no Dask worker joined the scheduler at \S+ within 0.5s"):
             with dask_client(config):
                 pass
+
+
+@pytest.mark.slow
+def test_several_local_workers_run_as_processes_and_the_run_exits_cleanly(small_sugarcrepe, tmp_path):
+    """Two worker processes, as `--workers 2` starts them: same content as the in-process default, and
+    exit 0 with no traceback once the cluster has gone (the driver waits for the threads that
+    watch its worker processes, which otherwise may log while the interpreter shuts down)."""
+    import subprocess
+    import sys
+
+    from cache_schemas import open_store, verify
+
+    annotations, images = small_sugarcrepe
+    stores = {}
+    for workers in ("1", "2"):
+        stores[workers] = tmp_path / f"workers-{workers}"
+        done = subprocess.run(
+            [sys.executable, "-m", "workflows.cli", "extract", annotations, "--format", "sugarcrepe", "--dataset",
+             "sc", "--model", "vlcache-tiny", "--store", str(stores[workers]), "--images-root", images,
+             "--rows-per-shard", "8", "--workers", workers, "--quiet"],
+            capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        assert "Traceback" not in done.stderr and "Fatal Python error" not in done.stderr
+        assert verify(open_store(stores[workers])).ok
+    one, two = (open_store(stores[w]).space("vlcache-tiny") for w in ("1", "2"))
+    assert one.view("images")["hash"].to_pylist() == two.view("images")["hash"].to_pylist()

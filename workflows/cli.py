@@ -5,6 +5,7 @@ Ctrl-C exits 130 and keeps every committed shard."""
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import re
@@ -416,6 +417,7 @@ def _mb(n: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: runs the CLI and turns user errors into one line and an exit status."""
+    faulthandler.enable()  # a crash in native code (CUDA, a codec) still prints where each thread was
     try:
         cli.main(args=argv, prog_name="vlcache", standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as exc:  # bare `vlcache`: show the help, as click would

@@ -9,7 +9,6 @@ import os
 from dataclasses import dataclass, replace
 from typing import Any
 
-from pipeline.cluster import ClusterConfig
 from pipeline.encoders import EncoderRequest
 from pipeline.extract import ExtractOptions, extract
 from workflows.world import WorldConfig, generate
@@ -40,7 +39,7 @@ def build_control(out: str, world: WorldConfig = WORLD, client=None, progress: b
     datasets = {split: f"control-{split}" for split in generated["jsonl"]}
     for split, name in datasets.items():
         extract(generated["jsonl"][split], "bivlc", name, REQUEST, store, client=client,
-                cluster=ClusterConfig(processes=False), options=ExtractOptions(progress=progress))
+                options=ExtractOptions(progress=progress))
     return ControlStore(store, datasets, generated)
 
 
