@@ -5,6 +5,7 @@ so the trainer and notebooks read a store without torch or open_clip."""
 from .embeddings import SpaceEmbeddings, checksum
 from .errors import (
     DatasetConflictError,
+    ExportFileError,
     InvalidSourceError,
     InvalidSpecError,
     SchemaVersionError,
@@ -25,7 +26,7 @@ from .version import SCHEMA_VERSION
 
 __all__ = [
     "EXTRACTION_VERSION", "SCHEMA_VERSION", "DatasetConflictError", "DatasetTables", "EmbeddingSpace",
-    "Geometry", "InvalidSourceError", "InvalidSpecError", "Location", "SchemaVersionError",
+    "ExportFileError", "Geometry", "InvalidSourceError", "InvalidSpecError", "Location", "SchemaVersionError",
     "SpaceEmbeddings", "Store", "StoreBusyError", "StoreNotFoundError", "StoreNotWritableError",
     "UnknownDatasetError", "UnknownSpaceError", "VerifyReport", "VlcacheError", "checksum",
     "open_store", "text_hash", "verify",

@@ -47,3 +47,7 @@ class InvalidSpecError(VlcacheError, ValueError):
 
 class DamagedStoreError(VlcacheError, OSError):
     """Committed rows that read back missing, undecodable or non-finite: the store is damaged."""
+
+
+class ExportFileError(VlcacheError, ValueError):
+    """An export that cannot be written, or a file that cannot be read as a vlcache export."""
