@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -17,13 +18,16 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from cache_schemas import Location, SpaceEmbeddings, checksum
+from cache_schemas import Location, SpaceEmbeddings
 from cache_schemas.layout import Kind
 
+from .commit import commit_image_shard, commit_text_shard
 from .encoders import Encoder, load_encoder
 from .images import ImageError, decode, read_bytes
 
-DECODE_THREADS = 4  # PIL releases the GIL while decoding, so threads overlap decode with encoding
+# PIL releases the GIL while decoding and resizing, so threads overlap decode with encoding; a GPU
+# encodes faster than a few cores decode, so every core gets one.
+DECODE_THREADS = min(32, max(4, os.cpu_count() or 1))
 _ENCODERS: dict[tuple, Encoder] = {}
 
 
@@ -94,7 +98,6 @@ def _worker_index() -> int:
 
 def _encode_images(space: SpaceEmbeddings, encoder: Encoder, task: ShardTask) -> int:
     rows, n = task.rows, task.rows.num_rows
-    start = int(rows["row"][0].as_py())
     out = {name: np.zeros((n, *space.layouts[name].row_shape), space.spec.dtype) for name in space.arrays("images")}
     errors: list[str | None] = [None] * n
     with ThreadPoolExecutor(DECODE_THREADS) as pool:
@@ -110,11 +113,7 @@ def _encode_images(space: SpaceEmbeddings, encoder: Encoder, task: ShardTask) ->
                     batch = batch.pin_memory()
                 for name, value in encoder.encode_images(batch).items():
                     out[name][list(good)] = value
-    checksums = {}
-    for name, block in out.items():
-        space.array(name)[start:start + n] = block
-        checksums[name] = checksum(block)
-    space.commit("images", task.shard, rows.append_column("error", pa.array(errors, pa.string())), checksums)
+    commit_image_shard(space, task.shard, rows, out, errors)
     return sum(e is not None for e in errors)
 
 
@@ -148,7 +147,6 @@ def _load(encoder: Encoder, uri: str, expected_hash: str) -> torch.Tensor | Imag
 
 def _encode_texts(space: SpaceEmbeddings, encoder: Encoder, task: ShardTask) -> int:
     rows, n = task.rows, task.rows.num_rows
-    start = int(rows["row"][0].as_py())
     base = space.token_base(task.shard)
     offsets = rows["offset"].to_numpy() - base
     ids, n_tokens = encoder.tokenize(rows["text"].to_pylist())
@@ -162,9 +160,5 @@ def _encode_texts(space: SpaceEmbeddings, encoder: Encoder, task: ShardTask) -> 
         per_text, pooled[chunk] = encoder.encode_texts(ids[chunk], n_tokens[chunk])
         for i, t in zip(chunk, per_text):
             tokens[offsets[i]:offsets[i] + len(t)] = t
-    space.array("text_tokens")[base:base + len(tokens)] = tokens
-    space.array("text_global")[start:start + n] = pooled
-    checksums = {"text_tokens": checksum(tokens), "text_global": checksum(pooled)}
-    part = rows.append_column("error", pa.nulls(n, pa.string()))
-    space.commit("texts", task.shard, part, checksums, token_rows=(base, base + len(tokens)))
+    commit_text_shard(space, task.shard, rows, tokens, pooled)
     return 0

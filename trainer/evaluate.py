@@ -92,8 +92,10 @@ def _caption_report(examples: Examples, order: np.ndarray, pos, neg) -> dict[str
     correct = metrics.caption_correct(pos[has], np.where(np.isfinite(neg[has]), neg[has], -np.inf))
     subsets = examples.subset[order][has]
     swap = np.array([str(s).startswith("swap") for s in subsets])
+    chance = 1.0 / (1 + np.isfinite(neg[has]).sum(axis=1))  # a random score ranks the positive first
     out = {"by_subset": metrics.grouped_mean(correct, list(subsets)),
-           "macro": metrics.macro_mean(correct, list(subsets)), "items": int(has.sum())}
+           "macro": metrics.macro_mean(correct, list(subsets)), "items": int(has.sum()),
+           "chance_by_subset": metrics.grouped_mean(chance, list(subsets))}
     if swap.any():
         out["swap"] = float(correct[swap].mean())
         out["swap_macro"] = metrics.macro_mean(correct[swap], list(subsets[swap]))

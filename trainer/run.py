@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from cache_schemas import VlcacheError, open_store
+from cache_schemas import SpaceEmbeddings, VlcacheError, open_store
 
 from . import checkpoint
 from .evaluate import evaluate, write_report
-from .heads import Dims, build_head
+from .heads import Dims, Head, build_head
 from .train import pick_space, resolve_device
 
 
@@ -18,20 +18,25 @@ def evaluate_head(store_uri: str, dataset: str, head_name: str, out: str, *, run
     store = open_store(store_uri, storage_options=storage_options)
     space = pick_space(store, space_key)
     data = store.dataset(dataset)
-    if run_dir:
-        ckpt = checkpoint.load(run_dir)
-        if ckpt.state["head"] != head_name:
-            raise VlcacheError(f"{run_dir} holds a {ckpt.state['head']} head, not {head_name}")
-        head = ckpt.build_head(space)
-    elif head_name in ("global", "maxsim"):
-        head = build_head(head_name, Dims.of(space.spec), {} if head_name == "global" else {"learnable": False})
-    else:
-        raise VlcacheError(f"head {head_name} must be trained first: pass --checkpoint RUN_DIR")
+    head, state = load_head(space, head_name, run_dir)
     torch_device = resolve_device(device)
     report = evaluate(space, data, head.to(torch_device), split=split, device=str(torch_device),
                       retrieval_k=retrieval_k)
     report["checkpoint"] = run_dir
     if run_dir:
-        report["training"] = ckpt.state.get("health")
+        report["training"] = state.get("health")
     write_report(report, out)
     return report
+
+
+def load_head(space: SpaceEmbeddings, head_name: str | None, run_dir: str | None = None) -> tuple[Head, dict]:
+    """The head a run folder holds (`head_name`, if given, must match it), or an untrained one by name
+    (global, parameter-free maxsim); with the run's checkpoint state ({} without a run)."""
+    if run_dir:
+        ckpt = checkpoint.load(run_dir)
+        if head_name and ckpt.state["head"] != head_name:
+            raise VlcacheError(f"{run_dir} holds a {ckpt.state['head']} head, not {head_name}")
+        return ckpt.build_head(space), ckpt.state
+    if head_name in ("global", "maxsim"):
+        return build_head(head_name, Dims.of(space.spec), {} if head_name == "global" else {"learnable": False}), {}
+    raise VlcacheError(f"head {head_name} must be trained first: pass --checkpoint RUN_DIR")

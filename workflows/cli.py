@@ -234,6 +234,50 @@ def diagnose(store_uri, dataset, sources, out, space_key, split) -> None:
 
 
 @cli.command()
+@click.argument("path")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Folder for the PNGs [default: RUN/plots/, or the report's folder].")
+def plot(path, out) -> None:
+    """PNG figures of a training run (loss per step against chance, periodic evaluations) or of an
+    evaluation report (accuracy per subset against chance). PATH: a run folder or a report (folder)."""
+    from workflows.figures import plot as run_plot
+
+    for written in run_plot(path, out):
+        click.echo(written)
+
+
+@cli.command()
+@click.option("--store", "store_uri", required=True)
+@click.option("--dataset", required=True)
+@click.option("--item", "items", multiple=True, required=True, help="Item id to draw (repeatable).")
+@click.option("--checkpoint", "run_dir", type=click.Path(file_okay=False), default=None,
+              help="Run folder of a trained maxsim or tflocal head.")
+@click.option("--head", type=RegistryChoice(_heads), default=None,
+              help="Without --checkpoint: an untrained head (maxsim, parameter-free).")
+@click.option("--negatives", is_flag=True, help="Draw the item's negative captions too.")
+@click.option("--segments", is_flag=True, help="A panel per caption segment (its tokens' mean), where the dataset "
+              "names segments.")
+@click.option("--per-panel", is_flag=True, help="Stretch each panel's colours to its own range (where each token "
+              "points, not how strongly); default: one scale for the figure.")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Folder for the PNGs [default: RUN/alignment/, or alignment-HEAD/].")
+@click.option("--space", "space_key", default=None)
+@device_option
+def align(store_uri, dataset, items, run_dir, head, negatives, segments, per_panel, out, space_key, device) -> None:
+    """Draw how each caption token aligns with the item's image patches (maxsim, tflocal): one PNG per item."""
+    from workflows.alignment import align as run_align
+
+    if not run_dir and not head:
+        raise click.UsageError("pass --checkpoint RUN_DIR, or --head maxsim for the untrained head")
+    out = out or (os.path.join(run_dir, "alignment") if run_dir else f"alignment-{head}")
+    for drawn in run_align(store_uri, dataset, list(items), out, head_name=head, run_dir=run_dir,
+                           space_key=space_key, negatives=negatives, segments=segments, per_panel=per_panel,
+                           device=device):
+        panels = ", ".join(f"{role} {len(labels)}" for role, labels in drawn.panels.items())
+        click.echo(f"{drawn.path}\t(panels: {panels}; labels: {drawn.labels_from})")
+
+
+@cli.command()
 @click.option("--out", type=click.Path(file_okay=False), default="runs/demo", show_default=True)
 @click.option("--sweep", is_flag=True, help="Repeat the study over scene complexity (each point about half the demo).")
 @click.option("--small", is_flag=True, help="A two-minute run at toy size (a smoke test).")
@@ -295,7 +339,7 @@ def reproduce(coco, sugarcrepe, bivlc, trohn, model, pretrained, tokenizer, out,
 
 @cli.group()
 def cache() -> None:
-    """Inspect and check stores."""
+    """Inspect, check, export and import stores."""
 
 
 @cache.command("ls")
@@ -411,13 +455,50 @@ def cache_verify(uri: str) -> None:
         sys.exit(1)
 
 
+@cache.command("export")
+@click.argument("uri", metavar="STORE")
+@click.argument("out")
+@click.option("--dataset", required=True, help="The dataset to export.")
+@click.option("--space", "space_key", default=None, help="Space key or model name (default: the store's only space).")
+@click.option("--format", "fmt", type=click.Choice(["hdf5", "clip-retrieval"]), default="hdf5", show_default=True,
+              help="hdf5: one file, everything `cache import` needs; clip-retrieval: a folder of .npy and Parquet.")
+def cache_export(uri: str, out: str, dataset: str, space_key: str | None, fmt: str) -> None:
+    """Write DATASET with its embeddings in one space to OUT (an .h5 file, or a clip-retrieval folder)."""
+    from cache_schemas import open_store
+    from cache_schemas.exchange import export_clip_retrieval, export_hdf5
+
+    write = export_hdf5 if fmt == "hdf5" else export_clip_retrieval
+    click.echo("\n".join(write(open_store(uri), dataset, space_key, out).lines()))
+
+
+@cache.command("import")
+@click.argument("path", metavar="FILE")
+@click.option("--store", "store_uri", required=True, help="Store to import into (created if needed).")
+@click.option("--dataset", default=None, help="Register the dataset under this name (default: its name in the file).")
+@click.option("--replace", is_flag=True, help="Replace a dataset of that name with other content.")
+def cache_import(path: str, store_uri: str, dataset: str | None, replace: bool) -> None:
+    """Register the dataset of FILE (an HDF5 export) and write the embeddings its space lacks (no encoder runs)."""
+    from pipeline.importer import import_hdf5
+
+    summary = import_hdf5(path, store_uri, dataset, replace=replace, on_wait=lambda m: click.echo(m, err=True))
+    click.echo("\n".join(summary.lines()))
+
+
 def _mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
 
 
+def _enable_faulthandler() -> None:
+    """A crash in native code (CUDA, a codec) still prints where each thread was."""
+    try:
+        faulthandler.enable()
+    except (OSError, ValueError):  # stderr without a file descriptor (captured, as in tests)
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: runs the CLI and turns user errors into one line and an exit status."""
-    faulthandler.enable()  # a crash in native code (CUDA, a codec) still prints where each thread was
+    _enable_faulthandler()
     try:
         cli.main(args=argv, prog_name="vlcache", standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as exc:  # bare `vlcache`: show the help, as click would

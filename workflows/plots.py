@@ -10,7 +10,10 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 from PIL import Image
+
+from cache_schemas import VlcacheError
 
 from .results import SPLIT_NAMES, Results
 
@@ -19,22 +22,74 @@ SUBSETS = ("swap_att", "swap_att_hard", "swap_obj", "replace_att", "replace_rel"
 
 def bars_by_type(path: str, results: Results) -> str:
     """Accuracy per subset (mean over seeds) of every method, a panel per test split."""
-    methods = results.methods
     fig, axes = plt.subplots(1, 2, figsize=(16, 5), sharey=True)
-    width = 0.8 / len(methods)
     for ax, (split, name) in zip(axes, SPLIT_NAMES.items()):
-        means = {m: results.mean_by_subset(m, split) for m in methods}
+        means = {m: results.mean_by_subset(m, split) for m in results.methods}
         subsets = [s for s in SUBSETS if any(s in by_subset for by_subset in means.values())]
-        x = np.arange(len(subsets))
-        for i, method in enumerate(methods):
-            ax.bar(x + i * width, [100 * means[method].get(s, np.nan) for s in subsets], width, label=method)
-        ax.axhline(50, color="grey", lw=0.8, ls="--")
-        ax.set_xticks(x + 0.4 - width / 2, subsets, rotation=30, ha="right")
-        ax.set_title(f"{name}: caption above its negative")
-        ax.set_ylim(0, 100)
+        subset_bars(ax, means, subsets, [0.5] * len(subsets), f"{name}: caption above its negative")
     axes[0].set_ylabel("accuracy, %")
     fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=5, fontsize=8)
     return _save(fig, path, bottom=0.14)
+
+
+def subset_bars(ax, values: dict[str, dict[str, float]], subsets: list[str], chance: list[float], title: str,
+                chance_label: str = "chance") -> None:
+    """Accuracy (0-1) per subset, a bar per series (`values`: series -> subset -> accuracy), each subset's
+    chance level dashed. The demo's by-type figure and `vlcache plot` of a report draw with it."""
+    x = np.arange(len(subsets))
+    width = 0.8 / len(values)
+    for i, (series, by_subset) in enumerate(values.items()):
+        bars = ax.bar(x + i * width, [100 * by_subset.get(s, np.nan) for s in subsets], width, label=series)
+        if len(values) * len(subsets) <= 24:  # room to print each value
+            ax.bar_label(bars, fmt="%.0f", fontsize=7)
+    if len(set(chance)) == 1:
+        ax.axhline(100 * chance[0], color="grey", lw=0.8, ls="--", label=chance_label)
+    else:
+        left = x - width / 2  # each subset's group of bars spans [left, left + 0.8]
+        ax.hlines([100 * c for c in chance], left - 0.05, left + 0.85, color="grey", lw=1.0, ls="--",
+                  label=chance_label)
+    ax.set_xticks(x + 0.4 - width / 2, subsets, rotation=30, ha="right")
+    ax.set_title(title)
+    ax.set_ylim(0, 100)
+
+
+# A random score's chance: I2T and T2I each need two comparisons right (1/4); group, that the two
+# right pairs outscore both wrong ones (2! 2! / 4! = 1/6).
+BIVLC_CHANCE = {"i2t": 0.25, "t2i": 0.25, "group": 1 / 6}
+
+
+def report_bars(path: str, report: dict[str, Any]) -> str:
+    """An evaluation report's caption accuracy per subset, and BiVLC I2T/T2I/group per type where it has
+    them, each against its chance level."""
+    panels = [p for p in ("caption_accuracy", "bivlc") if p in report]
+    if not panels:
+        raise VlcacheError("the report has no accuracy to plot (neither caption accuracy nor BiVLC scores)")
+    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4.5), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        (_caption_panel if panel == "caption_accuracy" else _bivlc_panel)(ax, report[panel], report["head"])
+        ax.set_ylabel("accuracy, %")
+        ax.legend(fontsize=8)
+    health = report.get("training") or {}
+    warning = " (did not train: its loss stayed at chance)" if health.get("status") == "at chance" else ""
+    fig.suptitle(f"{report['head']} on {report['dataset']}{warning}")
+    return _save(fig, path)
+
+
+def _caption_panel(ax, acc: dict[str, Any], head: str) -> None:
+    by_subset = acc["by_subset"]
+    subsets = sorted(s for s in by_subset if s != "all") + ["all"]
+    chance = acc.get("chance_by_subset")  # reports before it was recorded: one negative per item
+    subset_bars(ax, {head: by_subset}, subsets, [chance[s] for s in subsets] if chance else [0.5] * len(subsets),
+                f"caption above its negatives, per subset ({acc['items']} items)",
+                "chance" if chance else "chance (one negative)")
+
+
+def _bivlc_panel(ax, bivlc: dict[str, Any], head: str) -> None:
+    types = sorted(t for t in bivlc["group"]["by_type"] if t != "all") + ["all"]
+    subset_bars(ax, {name.upper() if name != "group" else name: bivlc[name]["by_type"] for name in BIVLC_CHANCE},
+                types, [BIVLC_CHANCE["i2t"]] * len(types), f"{head}: BiVLC scores per type ({bivlc['items']} items)",
+                "chance, I2T and T2I")
+    ax.axhline(100 * BIVLC_CHANCE["group"], color="grey", lw=0.8, ls=":", label="chance, group")
 
 
 def control_bars(path: str, control: Results) -> str:
@@ -55,26 +110,70 @@ def control_bars(path: str, control: Results) -> str:
     return _save(fig, path)
 
 
-def training_curves(path: str, logs: dict[str, list[str]]) -> str | None:
-    """Each head's training loss for every seed, with its chance level (ln K)."""
+def training_curves(path: str, logs: dict[str, list[str]], evals: bool = False) -> str | None:
+    """Each head's training loss for every seed (a run's JSONL log each), with its chance level (ln K);
+    with `evals`, a second panel of the periodic evaluations' accuracies where the logs have some."""
     if not logs:
         return None
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for colour, (head, paths) in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"], logs.items()):
-        for i, log in enumerate(paths):
-            steps = [r for r in _records(log) if "loss" in r]
-            ax.plot([r["step"] for r in steps], [r["loss"] for r in steps], color=colour, alpha=0.8,
-                    label=head if i == 0 else None)
-            if i == 0 and steps and "chance_loss" in steps[0]:
-                ax.axhline(np.mean([r["chance_loss"] for r in steps]), color=colour, lw=0.8, ls=":")
-    ax.set(title="training loss, every seed (dotted: chance, ln K)", xlabel="step")
-    ax.legend(fontsize=8)
+    records = {head: [read_log(log) for log in paths] for head, paths in logs.items()}
+    scored = evals and any("eval" in r for runs in records.values() for run in runs for r in run)
+    fig, axes = plt.subplots(1, 2 if scored else 1, figsize=(13 if scored else 7, 4), squeeze=False)
+    _losses(axes[0][0], records)
+    if scored:
+        _evaluations(axes[0][1], records)
     return _save(fig, path)
 
 
-def _records(log: str) -> list[dict[str, Any]]:
+def _losses(ax, records: dict[str, list[list[dict[str, Any]]]]) -> None:
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for colour, (head, runs) in zip(colours, records.items()):
+        for i, run in enumerate(runs):
+            steps = [r for r in run if "loss" in r]
+            ax.plot([r["step"] for r in steps], [r["loss"] for r in steps], color=colour, alpha=0.8,
+                    marker="." if len(steps) < 30 else None, label=head if i == 0 else None)
+            chance = _chance(run)
+            if i == 0 and chance is not None:
+                ax.axhline(chance, color=colour, lw=0.8, ls=":")
+    one = sum(len(runs) for runs in records.values()) == 1
+    ax.set(title=f"{next(iter(records))}: training loss (dotted: chance, ln K)" if one else
+           "training loss, every seed (dotted: chance, ln K)", xlabel="step", ylabel="loss")
+    ax.legend(fontsize=8)
+
+
+def _chance(run: list[dict[str, Any]]) -> float | None:
+    """The chance loss (ln K) a run logged with its steps, or in its health at the end."""
+    logged = [r["chance_loss"] for r in run if "chance_loss" in r]
+    if logged:
+        return float(np.mean(logged))
+    ends = [r["health"].get("chance_loss") for r in run if isinstance(r.get("health"), dict)]
+    return next((float(c) for c in ends if c is not None), None)
+
+
+def _evaluations(ax, records: dict[str, list[list[dict[str, Any]]]]) -> None:
+    """Each evaluated dataset's headline accuracies against the step they were measured at."""
+    for head, runs in records.items():
+        points = [(r["step"], name, metric, value) for run in runs[:1] for r in run if "eval" in r
+                  for name, headline in r["eval"].items() for metric, value in headline.items()
+                  if metric in ("accuracy", "group")]
+        for name, metric in dict.fromkeys((n, m) for _, n, m, _ in points):
+            line = [(s, v) for s, n, m, v in points if (n, m) == (name, metric)]
+            ax.plot(*zip(*[(s, 100 * v) for s, v in line]), marker="o",
+                    label=f"{name} {metric}" if len(records) == 1 else f"{head}: {name} {metric}")
+    ax.set(title="periodic evaluation", xlabel="step", ylabel="accuracy, %", ylim=(0, 100))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(fontsize=8)
+
+
+def read_log(log: str) -> list[dict[str, Any]]:
     with open(log) as f:
-        return [json.loads(line) for line in f]
+        lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
+    records = []
+    for n, line in lines:
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise VlcacheError(f"{log} is damaged: line {n} is not JSON ({exc.msg})") from None
+    return records
 
 
 def example_scenes(path: str, results: Results, world_dir: str, n: int = 4) -> str | None:

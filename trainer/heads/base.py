@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cache_schemas import EmbeddingSpace
+from cache_schemas import EmbeddingSpace, VlcacheError
 
 from ..settings import Settings
 
@@ -39,6 +39,7 @@ class Head(nn.Module):
     needs: ClassVar[frozenset[str]]  # inputs read from the store: image.patches, image.global, text.tokens, ...
     pairwise: ClassVar[bool] = True  # cost grows with the number of pairs: retrieval re-ranks a global top K
     trains: ClassVar[bool] = True  # has parameters to train (at its default settings)
+    aligns: ClassVar[bool] = False  # scores through a token x region alignment (`alignment`)
 
     @dataclass(frozen=True)
     class Config(Settings):
@@ -57,6 +58,15 @@ class Head(nn.Module):
               image_index: torch.Tensor, text_index: torch.Tensor) -> torch.Tensor:
         """(P,) scores of the pairs (images[image_index[p]], texts[text_index[p]])."""
         raise NotImplementedError
+
+    def alignment(self, images: dict[str, torch.Tensor], texts: dict[str, torch.Tensor],
+                  image_index: torch.Tensor, text_index: torch.Tensor) -> torch.Tensor:
+        """(P, L, R): for each pair, how each of its caption's L token positions aligns with the image's
+        R regions (a row-major square grid of patches), exactly as `score` uses it; padded positions
+        (texts["mask"] false) hold no meaning. Only heads that score through such an alignment
+        (`aligns`) have one."""
+        raise VlcacheError(f"head {self.name} does not align caption tokens with image patches, so it has no "
+                           "alignment map to draw; maxsim and tflocal do")
 
     def n_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)

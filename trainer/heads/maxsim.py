@@ -20,6 +20,7 @@ from .base import Dims, Head, gather, masked_mean
 class MaxSim(Head):
     name = "maxsim"
     needs = frozenset({"image.patches", "text.tokens"})
+    aligns = True
 
     @dataclass(frozen=True)
     class Config(Settings):
@@ -40,10 +41,15 @@ class MaxSim(Head):
             )
 
     def score(self, images, texts, image_index, text_index) -> torch.Tensor:
+        sim = self.alignment(images, texts, image_index, text_index)  # (pairs, L, P)
+        score = masked_mean(sim.amax(dim=-1), gather(texts["mask"], text_index))
+        return score * self.logit_scale.exp() if self.config.learnable else score
+
+    def alignment(self, images, texts, image_index, text_index) -> torch.Tensor:
+        """(pairs, L, P): the cosine of each caption token with each patch (after the learned
+        projections, when there are some); the score is each real token's best one, averaged."""
         patches, tokens = images["patches"], texts["tokens"]
         if self.config.learnable:
             patches, tokens = self.image_proj(patches), self.text_proj(tokens)
         patches, tokens = F.normalize(patches, dim=-1), F.normalize(tokens, dim=-1)
-        sim = gather(tokens, text_index) @ gather(patches.transpose(1, 2), image_index)  # (pairs, L, P)
-        score = masked_mean(sim.amax(dim=-1), gather(texts["mask"], text_index))
-        return score * self.logit_scale.exp() if self.config.learnable else score
+        return gather(tokens, text_index) @ gather(patches.transpose(1, 2), image_index)

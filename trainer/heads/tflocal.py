@@ -31,6 +31,7 @@ from .base import Dims, Head, gather
 class TFLocal(Head):
     name = "tflocal"
     needs = frozenset({"image.patches", "text.tokens"})
+    aligns = True
 
     @dataclass(frozen=True)
     class Config(Settings):
@@ -68,6 +69,19 @@ class TFLocal(Head):
         _zero_residual_branches(self)
 
     def score(self, images, texts, image_index, text_index) -> torch.Tensor:
+        sim, weights, t, m = self._match(images, texts, image_index, text_index)
+        best = (weights * sim).sum(-1)  # (N, L): a soft max over regions
+        weight = torch.sigmoid(self.token_weight(t).squeeze(-1)) * m
+        return self.logit_scale.exp() * (best * weight).sum(-1) / weight.sum(-1).clamp(min=1e-6)
+
+    def alignment(self, images, texts, image_index, text_index) -> torch.Tensor:
+        """(N, L, R): the soft late interaction's weights, the softmax over the image's regions with which
+        each token's best cosine is taken (each row sums to 1). R = patches / pool², a row-major grid."""
+        return self._match(images, texts, image_index, text_index)[1]
+
+    def _match(self, images, texts, image_index, text_index):
+        """The pairs' token-region cosines (N, L, R), their softmax weights (N, L, R), the pairs' tokens
+        after the pair layers (N, L, w) and their mask (N, L)."""
         regions = self.image_norm(self.image_layers(self.image_in(self._pooled(images["patches"])) + self.image_pos))
         mask = texts["mask"]  # (T, L)
         length = mask.shape[1]
@@ -78,9 +92,7 @@ class TFLocal(Head):
             t = block(t, regions, image_index)
         key = gather(F.normalize(self.key(regions), dim=-1).transpose(1, 2), image_index)  # (N, w, P)
         sim = F.normalize(self.query(t), dim=-1) @ key  # (N, L, P)
-        best = (sim.mul(self.sharpness.exp()).softmax(-1) * sim).sum(-1)  # (N, L): a soft max over regions
-        weight = torch.sigmoid(self.token_weight(t).squeeze(-1)) * m
-        return self.logit_scale.exp() * (best * weight).sum(-1) / weight.sum(-1).clamp(min=1e-6)
+        return sim, sim.mul(self.sharpness.exp()).softmax(-1), t, m
 
     def _pooled(self, patches: torch.Tensor) -> torch.Tensor:
         """(I, P, D) -> (I, P / pool^2, D), averaging pool x pool cells of the row-major patch grid."""
