@@ -5,12 +5,14 @@ images, and retrieval recall@K (two-stage for pairwise heads, with the pairs it 
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from cache_schemas import DatasetTables, SpaceEmbeddings
 
@@ -21,15 +23,16 @@ from .health import Health
 
 
 def evaluate(space: SpaceEmbeddings, dataset: DatasetTables, head: Head, *, split: str | None = None,
-             device: str = "cpu", batch_size: int = 128, retrieval_k: int = 16) -> dict[str, Any]:
-    """The head's report on the dataset (`retrieval_k` 0: no retrieval)."""
+             device: str = "cpu", batch_size: int = 128, retrieval_k: int = 16,
+             progress: bool = False) -> dict[str, Any]:
+    """The head's report on the dataset (`retrieval_k` 0: no retrieval; `progress`: a bar on stderr)."""
     examples = Examples.from_dataset(space, dataset, split)
     loader = BatchLoader(space, examples, head.needs | {"image.global", "text.global"}, batch_size, shuffle=False)
     was_training = head.training
     head.eval()
     try:
         with torch.no_grad():
-            pos, neg, bivlc, order = _pair_scores(loader, head, torch.device(device))
+            pos, neg, bivlc, order = _pair_scores(loader, head, torch.device(device), progress)
             retrieval = _retrieval(loader, head, torch.device(device), retrieval_k) if retrieval_k else None
     finally:
         head.train(was_training)
@@ -55,11 +58,13 @@ def report_from_scores(examples: Examples, order: np.ndarray, pos: np.ndarray, n
     return report
 
 
-def _pair_scores(loader: BatchLoader, head: Head, device: torch.device):
+def _pair_scores(loader: BatchLoader, head: Head, device: torch.device, progress: bool = False):
     """Per item: the positive's score, the negatives' (-inf where none), and the (2, 2) BiVLC matrix
     (NaN where the item has no negative image)."""
     pos, neg, bivlc, order = [], [], [], []
-    for batch in loader:
+    batches = tqdm(loader, total=math.ceil(len(loader.examples) / loader.batch_size), desc=f"evaluating {head.name}",
+                   unit="batch", disable=not progress)
+    for batch in batches:
         scores = _score_items(head, batch.to(device))
         pos.append(scores[0])
         neg.append(scores[1])

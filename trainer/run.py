@@ -14,14 +14,15 @@ from .train import pick_space, resolve_device
 
 def evaluate_head(store_uri: str, dataset: str, head_name: str, out: str, *, run_dir: str | None = None,
                   space_key: str | None = None, split: str | None = None, device: str = "auto",
-                  retrieval_k: int = 16, storage_options: dict | None = None) -> dict[str, Any]:
+                  retrieval_k: int = 16, storage_options: dict | None = None,
+                  progress: bool = False) -> dict[str, Any]:
     store = open_store(store_uri, storage_options=storage_options)
     space = pick_space(store, space_key)
     data = store.dataset(dataset)
     head, state = load_head(space, head_name, run_dir)
     torch_device = resolve_device(device)
     report = evaluate(space, data, head.to(torch_device), split=split, device=str(torch_device),
-                      retrieval_k=retrieval_k)
+                      retrieval_k=retrieval_k, progress=progress)
     report["checkpoint"] = run_dir
     if run_dir:
         report["training"] = state.get("health")

@@ -50,9 +50,10 @@ class Drawn:
 
 def align(store_uri: str, dataset: str, item_ids: list[str], out: str, *, head_name: str | None = None,
           run_dir: str | None = None, space_key: str | None = None, negatives: bool = False,
-          segments: bool = False, per_panel: bool = False, device: str = "cpu") -> list[Drawn]:
+          segments: bool = False, per_panel: bool = False, device: str = "cpu",
+          storage_options: dict | None = None) -> list[Drawn]:
     """One PNG per item in `out`: its captions' alignment maps over its image."""
-    store = open_store(store_uri)
+    store = open_store(store_uri, storage_options=storage_options)
     space, data = pick_space(store, space_key), store.dataset(dataset)
     head, _ = load_head(space, head_name, run_dir)
     items = item_maps(space, data, head.to(resolve_device(device)), list(item_ids), negatives)

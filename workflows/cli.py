@@ -68,6 +68,41 @@ device_option = click.option("--device", type=Device(), default="auto", show_def
                              help="auto, cpu, cuda, cuda:N or mps.")
 
 
+class StorageOptions(click.ParamType):
+    """fsspec options for the store's filesystem: a JSON object, or @FILE holding one (keeps keys out of
+    the shell history). Checked when the command is read, so a bad value writes nothing."""
+
+    name = "json"
+    JSON_KINDS = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, dict):
+            return value
+        what = "not"  # the value itself is never echoed: it may hold a secret
+        if value.startswith("@"):
+            path = value[1:]
+            what = f"{path} is not"
+            try:
+                with open(path, encoding="utf-8") as f:
+                    value = f.read()
+            except (OSError, UnicodeDecodeError) as exc:
+                self.fail(f"cannot read {path!r}: {getattr(exc, 'strerror', None) or exc}", param, ctx)
+        try:
+            options = json.loads(value)
+        except json.JSONDecodeError as exc:
+            self.fail(f"{what} valid JSON ({exc}); expected a JSON object or @FILE.json", param, ctx)
+        if not isinstance(options, dict):
+            kind = self.JSON_KINDS.get(type(options), "a number")
+            self.fail(f"{what} a JSON object ({{...}}) but {kind}", param, ctx)
+        return options
+
+
+storage_options_option = click.option(
+    "--storage-options", "storage_options", type=StorageOptions(), default=None,
+    help='fsspec options for the store, as JSON or @FILE.json, e.g. \'{"endpoint_url": "http://host:9000", '
+         '"key": "...", "secret": "..."}\'. Never written to any file: pass them again on every command.')
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="vlcache", message=f"%(prog)s %(version)s (store schema {SCHEMA_VERSION})")
 def cli() -> None:
@@ -98,6 +133,7 @@ class SourcePath(click.Path):
 @click.option("--pretrained", default=None,
               help="Pretrained tag (e.g. openai) or local checkpoint path; random init if omitted.")
 @click.option("--store", "store_uri", required=True, help="Store path or fsspec URL (s3://bucket/store).")
+@storage_options_option
 @click.option("--images-root", type=click.Path(file_okay=False), default=None,
               help="Folder that relative image paths are under.")
 @click.option("--image-column", default="image", show_default=True,
@@ -131,9 +167,9 @@ class SourcePath(click.Path):
               help="Seconds to wait while another extraction writes the same space, then give up.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def extract(source, fmt, dataset, model, encoder, pretrained, store_uri, images_root, image_column, caption_column,
-            separator, split, workers, threads, scheduler_address, slurm_jobs, worker_wait, batch_size, device,
-            rows_per_shard, tokens, tokenizer, layer, projected, dtype, retry_failed, replace, wait, as_json,
+def extract(source, fmt, dataset, model, encoder, pretrained, store_uri, storage_options, images_root, image_column,
+            caption_column, separator, split, workers, threads, scheduler_address, slurm_jobs, worker_wait, batch_size,
+            device, rows_per_shard, tokens, tokenizer, layer, projected, dtype, retry_failed, replace, wait, as_json,
             quiet) -> None:
     """Encode SOURCE's unique images and texts into the store, once per encoder."""
     from pipeline.cluster import ClusterConfig
@@ -149,13 +185,14 @@ def extract(source, fmt, dataset, model, encoder, pretrained, store_uri, images_
         cluster=ClusterConfig(scheduler_address, slurm_jobs, workers, threads, worker_wait=worker_wait),
         options=ExtractOptions(batch_size, device, rows_per_shard, retry_failed, progress=not quiet, replace=replace,
                                wait=wait),
-        reader=ReaderOptions(image_column, caption_column, separator),
+        reader=ReaderOptions(image_column, caption_column, separator), storage_options=storage_options,
     )
     click.echo(json.dumps(summary.to_json(), indent=2) if as_json else "\n".join(summary.lines()))
 
 
 @cli.command()
 @click.option("--store", "store_uri", required=True, help="Store path or fsspec URL.")
+@storage_options_option
 @click.option("--dataset", required=True, help="Dataset to train on.")
 @click.option("--head", type=RegistryChoice(lambda: _heads(trainable=True)), required=True)
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder: logs, checkpoints, reports.")
@@ -169,8 +206,8 @@ def extract(source, fmt, dataset, model, encoder, pretrained, store_uri, images_
               help="Training seed (overrides the config's); repeat a run with several to measure its spread.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--quiet", is_flag=True)
-def train(store_uri, dataset, head, out, eval_datasets, config_path, space_key, split, device, seed, resume,
-          quiet) -> None:
+def train(store_uri, storage_options, dataset, head, out, eval_datasets, config_path, space_key, split, device, seed,
+          resume, quiet) -> None:
     """Train an alignment head on cached tensors (no encoder runs)."""
     from trainer.checkpoint import load
     from trainer.health import health_of
@@ -178,7 +215,7 @@ def train(store_uri, dataset, head, out, eval_datasets, config_path, space_key, 
 
     reports = run_train(store_uri, dataset, head, out, space_key=space_key, split=split or None,
                         eval_datasets=eval_datasets, config_path=config_path, device=device, resume=resume,
-                        seed=seed, progress=not quiet)
+                        seed=seed, progress=not quiet, storage_options=storage_options)
     click.echo(f"run in {out}: log.jsonl, checkpoints/" + (", eval/" if reports else ""))
     health = health_of(load(out).state)
     if health is not None and health.at_chance:
@@ -187,6 +224,7 @@ def train(store_uri, dataset, head, out, eval_datasets, config_path, space_key, 
 
 @cli.command("eval")
 @click.option("--store", "store_uri", required=True)
+@storage_options_option
 @click.option("--dataset", required=True)
 @click.option("--head", type=RegistryChoice(_heads), required=True)
 @click.option("--checkpoint", "run_dir", type=click.Path(file_okay=False), default=None,
@@ -197,18 +235,22 @@ def train(store_uri, dataset, head, out, eval_datasets, config_path, space_key, 
 @device_option
 @click.option("--retrieval-k", type=click.IntRange(min=0), default=16, show_default=True,
               help="Global top K a pairwise head re-ranks (0: no retrieval).")
-def evaluate(store_uri, dataset, head, run_dir, out, space_key, split, device, retrieval_k) -> None:
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def evaluate(store_uri, storage_options, dataset, head, run_dir, out, space_key, split, device, retrieval_k,
+             quiet) -> None:
     """Evaluate a head: accuracy, BiVLC-style scores, retrieval; writes report.json and report.md."""
     from trainer.run import evaluate_head
 
     evaluate_head(store_uri, dataset, head, out, run_dir=run_dir, space_key=space_key,
-                  split=split or None, device=device, retrieval_k=retrieval_k)
+                  split=split or None, device=device, retrieval_k=retrieval_k, storage_options=storage_options,
+                  progress=not quiet)
     with open(os.path.join(out, "report.md"), encoding="utf-8") as f:
         click.echo(f.read())
 
 
 @cli.command()
 @click.option("--store", "store_uri", required=True)
+@storage_options_option
 @click.option("--dataset", required=True)
 @click.option("--regions", "sources", multiple=True, default=("values",), show_default=True,
               type=RegistryChoice(_region_sources),
@@ -216,17 +258,18 @@ def evaluate(store_uri, dataset, head, run_dir, out, space_key, split, device, r
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Report folder (one per source).")
 @click.option("--space", "space_key", default=None)
 @click.option("--split", default="", help="Items of this split only (default: all).")
-def diagnose(store_uri, dataset, sources, out, space_key, split) -> None:
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def diagnose(store_uri, storage_options, dataset, sources, out, space_key, split, quiet) -> None:
     """Structure-guided inference: caption segments matched to image regions."""
     from cache_schemas import open_store
     from trainer.diagnostic import diagnose_with
     from trainer.evaluate import write_report
     from trainer.train import pick_space
 
-    store = open_store(store_uri)
+    store = open_store(store_uri, storage_options=storage_options)
     space, data = pick_space(store, space_key), store.dataset(dataset)
     for source in sources:
-        report = diagnose_with(space, data, source, split=split or None)
+        report = diagnose_with(space, data, source, split=split or None, progress=not quiet)
         write_report(report, os.path.join(out, source))
         click.echo(f"{source}: accuracy {100 * report['caption_accuracy']['by_subset']['all']:.1f}% "
                    f"({report['encoder_passes_per_image']:.1f} encoder passes per image); "
@@ -248,6 +291,7 @@ def plot(path, out) -> None:
 
 @cli.command()
 @click.option("--store", "store_uri", required=True)
+@storage_options_option
 @click.option("--dataset", required=True)
 @click.option("--item", "items", multiple=True, required=True, help="Item id to draw (repeatable).")
 @click.option("--checkpoint", "run_dir", type=click.Path(file_okay=False), default=None,
@@ -263,7 +307,8 @@ def plot(path, out) -> None:
               help="Folder for the PNGs [default: RUN/alignment/, or alignment-HEAD/].")
 @click.option("--space", "space_key", default=None)
 @device_option
-def align(store_uri, dataset, items, run_dir, head, negatives, segments, per_panel, out, space_key, device) -> None:
+def align(store_uri, storage_options, dataset, items, run_dir, head, negatives, segments, per_panel, out, space_key,
+          device) -> None:
     """Draw how each caption token aligns with the item's image patches (maxsim, tflocal): one PNG per item."""
     from workflows.alignment import align as run_align
 
@@ -272,7 +317,7 @@ def align(store_uri, dataset, items, run_dir, head, negatives, segments, per_pan
     out = out or (os.path.join(run_dir, "alignment") if run_dir else f"alignment-{head}")
     for drawn in run_align(store_uri, dataset, list(items), out, head_name=head, run_dir=run_dir,
                            space_key=space_key, negatives=negatives, segments=segments, per_panel=per_panel,
-                           device=device):
+                           device=device, storage_options=storage_options):
         panels = ", ".join(f"{role} {len(labels)}" for role, labels in drawn.panels.items())
         click.echo(f"{drawn.path}\t(panels: {panels}; labels: {drawn.labels_from})")
 
@@ -344,12 +389,13 @@ def cache() -> None:
 
 @cache.command("ls")
 @click.argument("uri")
-def cache_ls(uri: str) -> None:
+@storage_options_option
+def cache_ls(uri: str, storage_options: dict | None) -> None:
     """List a store's datasets and spaces, or the stores in a folder."""
     from cache_schemas import StoreNotFoundError, open_store
 
     try:
-        store = open_store(uri)
+        store = open_store(uri, storage_options=storage_options)
     except StoreNotFoundError:
         stores = [d for d in sorted(os.listdir(uri)) if os.path.isfile(os.path.join(uri, d, "vlcache.json"))] \
             if os.path.isdir(uri) else []
@@ -365,13 +411,14 @@ def cache_ls(uri: str) -> None:
 
 @cache.command("info")
 @click.argument("uri")
+@storage_options_option
 @click.option("--json", "as_json", is_flag=True)
-def cache_info(uri: str, as_json: bool) -> None:
+def cache_info(uri: str, storage_options: dict | None, as_json: bool) -> None:
     """Datasets, spaces, counts of unique images, texts and items, and bytes."""
     from cache_schemas import open_store
     from cache_schemas.info import describe_store
 
-    info = describe_store(open_store(uri))
+    info = describe_store(open_store(uri, storage_options=storage_options))
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
@@ -395,25 +442,27 @@ def cache_info(uri: str, as_json: bool) -> None:
 
 @cache.command("rm")
 @click.argument("uri")
+@storage_options_option
 @click.argument("dataset")
-def cache_rm(uri: str, dataset: str) -> None:
+def cache_rm(uri: str, storage_options: dict | None, dataset: str) -> None:
     """Remove DATASET from the store; embeddings other datasets share are kept."""
     from cache_schemas import open_store
 
-    open_store(uri, mode="a").remove_dataset(dataset)
+    open_store(uri, mode="a", storage_options=storage_options).remove_dataset(dataset)
     click.echo(f"removed dataset {dataset}")
 
 
 @cache.command("gc")
 @click.argument("uri")
+@storage_options_option
 @click.option("--collect", is_flag=True, help="Delete the shards no dataset needs (otherwise: only report them).")
-def cache_gc(uri: str, collect: bool) -> None:
+def cache_gc(uri: str, storage_options: dict | None, collect: bool) -> None:
     """Rows no dataset refers to: report them, and with --collect free every shard holding only those."""
     from cache_schemas import open_store
     from cache_schemas.gc import collect as collect_space
     from cache_schemas.gc import find_garbage, referenced
 
-    store = open_store(uri, mode="a" if collect else "r")
+    store = open_store(uri, mode="a" if collect else "r", storage_options=storage_options)
     needed = referenced(store)
     for key in store.space_keys():
         if collect:
@@ -428,11 +477,12 @@ def cache_gc(uri: str, collect: bool) -> None:
 
 @cache.command("compact")
 @click.argument("uri")
-def cache_compact(uri: str) -> None:
+@storage_options_option
+def cache_compact(uri: str, storage_options: dict | None) -> None:
     """Index every space's committed rows in one file per kind (extract does this as it finishes)."""
     from cache_schemas import open_store
 
-    store = open_store(uri, mode="a")
+    store = open_store(uri, mode="a", storage_options=storage_options)
     for key in store.space_keys():
         space = store.space(key)
         with store.space_writer(space.spec, space.geometry, "vlcache cache compact") as writable:
@@ -442,11 +492,12 @@ def cache_compact(uri: str) -> None:
 
 @cache.command("verify")
 @click.argument("uri")
-def cache_verify(uri: str) -> None:
+@storage_options_option
+def cache_verify(uri: str, storage_options: dict | None) -> None:
     """Check every committed shard against its checksums; exit 1 on any problem."""
     from cache_schemas import open_store, verify
 
-    report = verify(open_store(uri))
+    report = verify(open_store(uri, storage_options=storage_options))
     checked = ", ".join(f"{n} {what}" for what, n in sorted(report.checked.items()))
     for problem in report.problems:
         click.echo(f"problem: {problem}", err=True)
@@ -457,30 +508,34 @@ def cache_verify(uri: str) -> None:
 
 @cache.command("export")
 @click.argument("uri", metavar="STORE")
+@storage_options_option
 @click.argument("out")
 @click.option("--dataset", required=True, help="The dataset to export.")
 @click.option("--space", "space_key", default=None, help="Space key or model name (default: the store's only space).")
 @click.option("--format", "fmt", type=click.Choice(["hdf5", "clip-retrieval"]), default="hdf5", show_default=True,
               help="hdf5: one file, everything `cache import` needs; clip-retrieval: a folder of .npy and Parquet.")
-def cache_export(uri: str, out: str, dataset: str, space_key: str | None, fmt: str) -> None:
+def cache_export(uri: str, storage_options: dict | None, out: str, dataset: str, space_key: str | None,
+                 fmt: str) -> None:
     """Write DATASET with its embeddings in one space to OUT (an .h5 file, or a clip-retrieval folder)."""
     from cache_schemas import open_store
     from cache_schemas.exchange import export_clip_retrieval, export_hdf5
 
     write = export_hdf5 if fmt == "hdf5" else export_clip_retrieval
-    click.echo("\n".join(write(open_store(uri), dataset, space_key, out).lines()))
+    click.echo("\n".join(write(open_store(uri, storage_options=storage_options), dataset, space_key, out).lines()))
 
 
 @cache.command("import")
 @click.argument("path", metavar="FILE")
 @click.option("--store", "store_uri", required=True, help="Store to import into (created if needed).")
+@storage_options_option
 @click.option("--dataset", default=None, help="Register the dataset under this name (default: its name in the file).")
 @click.option("--replace", is_flag=True, help="Replace a dataset of that name with other content.")
-def cache_import(path: str, store_uri: str, dataset: str | None, replace: bool) -> None:
+def cache_import(path: str, store_uri: str, storage_options: dict | None, dataset: str | None, replace: bool) -> None:
     """Register the dataset of FILE (an HDF5 export) and write the embeddings its space lacks (no encoder runs)."""
     from pipeline.importer import import_hdf5
 
-    summary = import_hdf5(path, store_uri, dataset, replace=replace, on_wait=lambda m: click.echo(m, err=True))
+    summary = import_hdf5(path, store_uri, dataset, replace=replace, storage_options=storage_options,
+                           on_wait=lambda m: click.echo(m, err=True))
     click.echo("\n".join(summary.lines()))
 
 

@@ -21,8 +21,9 @@ SHAPES = ("circle", "square", "triangle")
 
 
 def write_sugarcrepe_example(out_dir: str, sizes: dict[str, int] | None = None, n_images: int = 300,
-                             image_size: int = 48, seed: int = 0) -> tuple[str, str]:
-    """Write `out_dir/annotations/<subset>.json` and `out_dir/images/*.png`; return both folders."""
+                             image_size: int = 48, seed: int = 0, image_format: str = "png") -> tuple[str, str]:
+    """Write `out_dir/annotations/<subset>.json` and `out_dir/images/*.<image_format>` (png, or jpg as
+    photo collections hold them); return both folders."""
     rng = np.random.default_rng(seed)
     sizes = sizes or {name: max(1, n // 50) for name, n in SUGARCREPE_SIZES.items()}
     annotations, images = os.path.join(out_dir, "annotations"), os.path.join(out_dir, "images")
@@ -30,13 +31,14 @@ def write_sugarcrepe_example(out_dir: str, sizes: dict[str, int] | None = None, 
     os.makedirs(images, exist_ok=True)
     scenes = [_scene(rng) for _ in range(n_images)]
     for i, scene in enumerate(scenes):
-        _render(scene, image_size, rng).save(os.path.join(images, f"{i:06d}.png"))
+        _render(scene, image_size, rng).save(os.path.join(images, f"{i:06d}.{image_format}"))
     for subset, n in sizes.items():
         entries = {}
         for k in range(n):
             index = int(rng.integers(n_images))
             caption, negative = _captions(scenes[index], subset, rng)
-            entries[str(k)] = {"filename": f"{index:06d}.png", "caption": caption, "negative_caption": negative}
+            entries[str(k)] = {"filename": f"{index:06d}.{image_format}", "caption": caption,
+                               "negative_caption": negative}
         with open(os.path.join(annotations, f"{subset}.json"), "w", encoding="utf-8") as f:
             json.dump(entries, f, indent=1)
     return annotations, images

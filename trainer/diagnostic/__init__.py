@@ -18,7 +18,8 @@ from .score import diagnose
 SOURCES = ("patches", "values", "crops", "crops-resize")
 
 
-def regions_for(space: SpaceEmbeddings, dataset: DatasetTables, source: str, encoder=None) -> Regions:
+def regions_for(space: SpaceEmbeddings, dataset: DatasetTables, source: str, encoder=None,
+                progress: bool = False) -> Regions:
     """The dataset's image regions from `source`; crops reuse `encoder` when given (else load the space's)."""
     if source not in SOURCES:
         raise VlcacheError(f"unknown region source {source!r}; sources: {', '.join(SOURCES)}")
@@ -26,13 +27,15 @@ def regions_for(space: SpaceEmbeddings, dataset: DatasetTables, source: str, enc
         return pooled_regions(space, dataset, source)
     from .crops import crop_regions, encoder_for  # runs the encoder: imported only when asked for
 
-    return crop_regions(encoder or encoder_for(space), dataset, "resize" if source == "crops-resize" else "canvas")
+    return crop_regions(encoder or encoder_for(space), dataset, "resize" if source == "crops-resize" else "canvas",
+                        progress=progress)
 
 
 def diagnose_with(space: SpaceEmbeddings, dataset: DatasetTables, source: str, split: str | None = None,
-                  encoder=None) -> dict[str, Any]:
-    """The diagnostic's report (shaped like a head's) with regions from `source`."""
-    return diagnose(space, dataset, regions_for(space, dataset, source, encoder), split=split)
+                  encoder=None, progress: bool = False) -> dict[str, Any]:
+    """The diagnostic's report (shaped like a head's) with regions from `source`; `progress`: bars on stderr."""
+    return diagnose(space, dataset, regions_for(space, dataset, source, encoder, progress), split=split,
+                    progress=progress)
 
 
 __all__ = ["SOURCES", "Regions", "diagnose", "diagnose_with", "region_boxes", "regions_for"]

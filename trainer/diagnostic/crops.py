@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from PIL import Image
+from tqdm.auto import tqdm
 
 from cache_schemas import DatasetTables, SpaceEmbeddings, VlcacheError
 from pipeline.encoders import Encoder, load_encoder
@@ -27,7 +28,8 @@ def encoder_for(space: SpaceEmbeddings, device: str = "cpu") -> Encoder:
     return load_encoder(space.spec, device=device)
 
 
-def crop_regions(encoder: Encoder, dataset: DatasetTables, style: str = "canvas", batch_size: int = 64) -> Regions:
+def crop_regions(encoder: Encoder, dataset: DatasetTables, style: str = "canvas", batch_size: int = 64,
+                 progress: bool = False) -> Regions:
     """Per image hash, the L2-normalised global embeddings of its crops (R, E), one per region of
     `region_boxes`; they cost one encoder pass per crop on top of extraction's."""
     if style not in CROP_STYLES:
@@ -44,7 +46,8 @@ def crop_regions(encoder: Encoder, dataset: DatasetTables, style: str = "canvas"
             crops.append(encoder.preprocess(_crop(picture, box, style, fill)))
             owners.append(image["hash"])
         regions[image["hash"]] = []
-    for start in range(0, len(crops), batch_size):
+    for start in tqdm(range(0, len(crops), batch_size), desc=f"encoding crops ({style})", unit="batch",
+                      disable=not progress):
         batch = torch.stack(crops[start:start + batch_size])
         embeddings = encoder.encode_images(batch)["image_global"].astype(np.float32)
         for owner, embedding in zip(owners[start:start + batch_size], embeddings):

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from cache_schemas import DatasetTables, SpaceEmbeddings, text_hash
 
@@ -28,7 +29,7 @@ def segment_embeddings(space: SpaceEmbeddings, dataset: DatasetTables) -> dict[s
 
 
 def diagnose(space: SpaceEmbeddings, dataset: DatasetTables, regions: Regions,
-             split: str | None = None) -> dict[str, Any]:
+             split: str | None = None, progress: bool = False) -> dict[str, Any]:
     """Evaluate structure-guided inference with the given regions, as a head's report."""
     examples = Examples.from_dataset(space, dataset, split)
     segments = segment_embeddings(space, dataset)
@@ -43,12 +44,14 @@ def diagnose(space: SpaceEmbeddings, dataset: DatasetTables, regions: Regions,
         return float((s @ r.T).max(axis=1).mean()) if s is not None and r is not None else np.nan
 
     n = len(examples)
-    pos = np.array([score(examples.caption[i], examples.image[i]) for i in range(n)])
-    neg = np.array([[score(t, examples.image[i]) for t in examples.negatives[i]] for i in range(n)])
-    neg = np.where(np.isnan(neg), -np.inf, neg)
     negative_image = examples.negative_images[:, 0]
-    bivlc = np.array([[[pos[i], score(examples.caption[i], negative_image[i])],
-                       [neg[i, 0], score(examples.negatives[i, 0], negative_image[i])]] for i in range(n)])
+    pos, neg, bivlc = np.empty(n), np.empty(examples.negatives.shape), np.empty((n, 2, 2))
+    for i in tqdm(range(n), desc=f"scoring ({regions.source})", unit="item", disable=not progress):
+        pos[i] = score(examples.caption[i], examples.image[i])
+        neg[i] = [score(t, examples.image[i]) for t in examples.negatives[i]]
+        bivlc[i] = [[pos[i], score(examples.caption[i], negative_image[i])],
+                    [neg[i, 0], score(examples.negatives[i, 0], negative_image[i])]]
+    neg = np.where(np.isnan(neg), -np.inf, neg)
     bivlc[~np.isfinite(bivlc).all(axis=(1, 2))] = np.nan
     keep = ~np.isnan(pos)
     report = report_from_scores(examples, np.flatnonzero(keep), pos[keep], neg[keep], bivlc[keep])
