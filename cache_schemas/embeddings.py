@@ -76,7 +76,8 @@ class SpaceEmbeddings:
         for array in space.layouts.values():
             chunks, shards = array.chunks(spec, geometry)
             root.create_array(array.name, shape=(0, *array.row_shape), chunks=chunks, shards=shards,
-                              dtype=spec.dtype, compressors=COMPRESSORS, fill_value=0)
+                              dtype=spec.dtype, compressors=COMPRESSORS, fill_value=0,
+                              dimension_names=array.dims, attributes={"description": array.description})
         location.write_json(space._rel(SPACE_SPEC), {"spec": spec.to_json(), "geometry": asdict(geometry)})
         return space
 

@@ -78,11 +78,14 @@ class Geometry:
 
 @dataclass(frozen=True)
 class ArrayLayout:
-    """One Zarr array: its kind, the shape of one row, and whether it is the ragged token array."""
+    """One Zarr array: its kind, the shape of one row, and whether it is the ragged token array. `dims`
+    name every axis (Zarr's dimension_names, which xarray reads); `description` says what a row holds."""
 
     name: str
     kind: Kind
     row_shape: tuple[int, ...]
+    dims: tuple[str, ...]
+    description: str
     ragged: bool = False
 
     def chunks(self, space: EmbeddingSpace, geometry: Geometry) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -100,16 +103,23 @@ class ArrayLayout:
 def array_layouts(space: EmbeddingSpace) -> tuple[ArrayLayout, ...]:
     """The arrays a space stores, derived from its spec."""
     d, p, e = space.token_dim, space.dims["patches"], space.dims["embed_dim"]
+    where = "projected into the joint space" if space.projected else f"at layer {space.layer}, before projection"
     arrays = []
     if "patches" in space.image_tokens:
-        arrays.append(ArrayLayout("image_patches", "images", (p, d)))
+        arrays.append(ArrayLayout("image_patches", "images", (p, d), ("image_row", "patch", "token_dim"),
+                                  f"patch tokens of the image tower, {where}"))
     if "cls" in space.image_tokens:
-        arrays.append(ArrayLayout("image_cls", "images", (d,)))
+        arrays.append(ArrayLayout("image_cls", "images", (d,), ("image_row", "token_dim"),
+                                  f"class token of the image tower, {where}"))
     if "values" in space.image_tokens:
-        arrays.append(ArrayLayout("image_values", "images", (p, e)))
+        arrays.append(ArrayLayout("image_values", "images", (p, e), ("image_row", "patch", "embed_dim"),
+                                  "value-path patch features in the joint space (MaskCLIP)"))
     arrays += [
-        ArrayLayout("image_global", "images", (e,)),
-        ArrayLayout("text_tokens", "texts", (space.text_token_dim,), ragged=True),
-        ArrayLayout("text_global", "texts", (e,)),
+        ArrayLayout("image_global", "images", (e,), ("image_row", "embed_dim"),
+                    "L2-normalised global image embedding"),
+        ArrayLayout("text_tokens", "texts", (space.text_token_dim,), ("token_row", "text_token_dim"),
+                    f"tokens of every text, one row per real token (a text's rows: offset to offset + n_tokens), "
+                    f"{where}", ragged=True),
+        ArrayLayout("text_global", "texts", (e,), ("text_row", "embed_dim"), "L2-normalised global text embedding"),
     ]
     return tuple(arrays)

@@ -5,7 +5,9 @@ MAJOR grows when old readers would misread the store. A reader refuses an unknow
 
 from .errors import SchemaVersionError
 
-SCHEMA_VERSION = "1.1"  # 1.1: spaces/<key>/index/ (optional; 1.0 readers ignore it)
+# 1.1: spaces/<key>/index/ (optional; 1.0 readers ignore it). 1.2: arrays name their dimensions
+# (dimension_names) and describe themselves (attribute "description"), so xarray opens them.
+SCHEMA_VERSION = "1.2"
 
 
 def parse_schema_version(value: object) -> tuple[int, int]:

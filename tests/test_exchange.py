@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from cache_schemas import open_store, tables, verify
+from cache_schemas import SCHEMA_VERSION, open_store, tables, verify
 from cache_schemas.h5table import read_table, write_table
 from pipeline import importer
 from pipeline.importer import import_hdf5
@@ -107,7 +107,7 @@ def test_the_file_has_the_documented_layout_in_plain_h5py(source, exported):
     with h5py.File(exported, "r") as f:  # only h5py and numpy from here to the end of the block
         attrs = f.attrs
         assert attrs["format"] == "vlcache-export" and attrs["export_version"] == 1
-        assert attrs["schema_version"] == "1.1" and attrs["dataset"] == "sc" and attrs["vlcache_version"]
+        assert attrs["schema_version"] == SCHEMA_VERSION and attrs["dataset"] == "sc" and attrs["vlcache_version"]
         spec = json.loads(attrs["space"])
         assert spec["key"] == attrs["space_key"] and json.loads(attrs["geometry"])["rows_per_shard"] == 8
         items = f["tables/items"]
