@@ -48,7 +48,8 @@ def one_epoch(loader: BatchLoader) -> dict[str, float]:
         if batch.epoch > 0:
             break
         batches += 1
-    return {"batches": batches, "seconds": time.perf_counter() - start,
+    seconds = time.perf_counter() - start
+    return {"batches": batches, "seconds": seconds, "batches_per_s": batches / seconds,
             "image_chunk_reads": loader.chunk_reads["image_patches"],
             "text_chunk_reads": loader.chunk_reads["text_tokens"],
             "max_window_mb": loader.max_window_bytes / 1e6}
@@ -105,17 +106,21 @@ def main() -> None:
     parser.add_argument("--out", default="runs/bench")
     parser.add_argument("--items", type=int, default=6000)
     parser.add_argument("--buffer", type=int, default=512)
+    parser.add_argument("--model", default="vlcache-tiny", help="the encoder whose widths the store has")
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--device", default="auto", help="where the extraction runs")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as workdir:
         annotations, images = write_sugarcrepe_example(workdir, sizes={"swap_att": args.items}, n_images=args.items,
-                                                       image_size=32)
+                                                       image_size=args.image_size)
         store_path = os.path.join(workdir, "store")
-        extract(annotations, "sugarcrepe", "bench", EncoderRequest("vlcache-tiny"), store_path, images_root=images,
-                cluster=ClusterConfig(), options=ExtractOptions(rows_per_shard=1024, progress=False))
+        extract(annotations, "sugarcrepe", "bench", EncoderRequest(args.model), store_path, images_root=images,
+                cluster=ClusterConfig(), options=ExtractOptions(rows_per_shard=1024, progress=False,
+                                                                device=args.device, batch_size=256))
         store = open_store(store_path)
-        space = store.space("vlcache-tiny")
+        space = store.space(args.model)
         examples = Examples.from_dataset(space, store.dataset("bench"))
-        results = {}
+        results = {"model": args.model, "cpu_count": os.cpu_count()}
         oindex = _OIndexSpace(space.location, space.spec, space.geometry, writable=False)
         for name, cls, source in (("block shuffle", BatchLoader, space),
                                   ("random permutation", _PermutationLoader, space),
@@ -136,7 +141,7 @@ def main() -> None:
     results["raw read"] = raw
     lines = ["| loader | batches | image chunk reads | text chunk reads | epoch s |", "|---|---:|---:|---:|---:|"]
     lines += [f"| {n} | {r['batches']} | {r['image_chunk_reads']} | {r['text_chunk_reads']} | {r['seconds']:.2f} |"
-              for n, r in results.items() if n not in ("ratios", "raw read")]
+              for n, r in results.items() if isinstance(r, dict) and "batches" in r]
     lines += ["", *(f"- {k}: {v:.1f}x" for k, v in results["ratios"].items())]
     results["read checks (seconds, one pass of random batches of 64 over image_patches)"] = checks
     lines += ["", "| reading every image row once, random batches of 64 | time vs no check |", "|---|---:|"]

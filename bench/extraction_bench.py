@@ -1,0 +1,154 @@
+"""Extraction end to end against the bare forward it wraps and a per-row loop, side by side in one run.
+
+Each method runs in a process of its own, as a user runs it, so imports and start-up count:
+  bare     bench/bare_forward.py: the unique images decoded (threads, one batch ahead) and encoded, the
+           unique texts tokenized, trimmed and encoded; nothing stored
+  vlcache  `vlcache extract` into a fresh store: hashing, dedup, planning, encoding, writing, committing
+  per-row  bench/bare_forward.py --per-row: each item's image, caption and negative, one forward each
+on a SugarCrepe-shaped set (ITEMS_PER_IMAGE items per image, captions recurring). Bare and vlcache run
+at two sizes: the steady-state cost per image is the slope between them, the fixed cost the intercept.
+Writes extraction_bench.json and extraction_bench.md under --out."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+from results import publish
+
+from pipeline.readers import read_source
+from workflows.examples import SUGARCREPE_SIZES, write_sugarcrepe_example
+
+BENCH = os.path.dirname(os.path.abspath(__file__))
+ITEMS_PER_IMAGE = 5  # SugarCrepe: 7,511 items over about 1,500 COCO images
+
+
+def workload(root: str, n_images: int, image_size: int) -> dict:
+    """A SugarCrepe-shaped source of JPEG photos and the lists the baselines read."""
+    total = sum(SUGARCREPE_SIZES.values())
+    sizes = {k: max(1, round(v * ITEMS_PER_IMAGE * n_images / total)) for k, v in SUGARCREPE_SIZES.items()}
+    annotations, images = write_sugarcrepe_example(root, sizes=sizes, n_images=n_images, image_size=image_size,
+                                                         image_format="jpg")
+    raw = read_source(annotations, "sugarcrepe", images)
+    paths = list(dict.fromkeys(raw.image_uris()))
+    with open(os.path.join(root, "images.txt"), "w") as f:
+        f.write("\n".join(paths))
+    with open(os.path.join(root, "texts.json"), "w") as f:
+        json.dump(list(raw.texts()), f)
+    with open(os.path.join(root, "items.json"), "w") as f:
+        json.dump([{"image": it.image, "caption": it.caption, "negatives": list(it.negative_captions)}
+                   for it in raw.items], f)
+    return {"root": root, "annotations": annotations, "images_root": images, "images": len(paths),
+            "texts": len(set(raw.texts())), "items": len(raw.items)}
+
+
+def timed(command: list[str]) -> tuple[float, str]:
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        sys.exit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+    return seconds, done.stdout
+
+
+def bare(work: dict, args, *extra: str) -> tuple[float, dict]:
+    seconds, out = timed([sys.executable, os.path.join(BENCH, "bare_forward.py"), work["root"], "--model",
+                          args.model, "--device", args.device, "--batch-size", str(args.batch_size), *extra])
+    return seconds, json.loads(out.strip().splitlines()[-1])
+
+
+def vlcache(work: dict, args, store: str, *extra: str) -> tuple[float, dict]:
+    shutil.rmtree(store, ignore_errors=True)
+    seconds, out = timed([sys.executable, "-m", "workflows.cli", "extract", work["annotations"], "--format",
+                          "sugarcrepe", "--dataset", "sc", "--model", args.model, "--store", store, "--images-root",
+                          work["images_root"], "--device", args.device, "--batch-size", str(args.batch_size),
+                          "--quiet", "--json", *extra])
+    shutil.rmtree(store, ignore_errors=True)
+    return seconds, json.loads(out)
+
+
+def line(small: dict, large: dict, t_small: float, t_large: float) -> dict:
+    """Seconds per image at steady state (slope) and fixed seconds (intercept) from two sizes."""
+    slope = (t_large - t_small) / (large["images"] - small["images"])
+    return {"seconds": [t_small, t_large], "per_image_s": slope, "fixed_s": t_small - slope * small["images"],
+            "images_per_s_steady": 1 / slope}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="runs/bench")
+    parser.add_argument("--model", default="ViT-B-32")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--images", type=int, nargs=2, default=[64, 256], help="the two sizes, unique images")
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=2, help="best of N for bare and vlcache")
+    parser.add_argument("--per-row", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--model-only", type=int, default=0, help="forwards of a ready batch, for the model's rate")
+    parser.add_argument("--vlcache-extra", default="", help="extra `vlcache extract` options, e.g. '--threads 2'")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        works = [workload(os.path.join(tmp, f"n{n}"), n, args.image_size) for n in args.images]
+        results = {"machine": machine(args.device), "model": args.model, "device": args.device,
+                   "batch_size": args.batch_size, "workloads": [{k: w[k] for k in ("images", "texts", "items")}
+                                                                for w in works]}
+        bare_runs = [min((bare(w, args) for _ in range(args.repeats)), key=lambda r: r[0]) for w in works]
+        ours = [min((vlcache(w, args, os.path.join(tmp, "store"), *args.vlcache_extra.split())
+                     for _ in range(args.repeats)), key=lambda r: r[0]) for w in works]
+        results["bare"] = {**line(*works, bare_runs[0][0], bare_runs[1][0]), "runs": [r[1] for r in bare_runs]}
+        results["vlcache"] = {**line(*works, ours[0][0], ours[1][0]), "runs": [r[1] for r in ours]}
+        if args.model_only:
+            results["model_only_images_per_s"] = bare(works[1], args, "--model-only", str(args.model_only))[1][
+                "model_only_images_per_s"]
+        if args.per_row:
+            results["per_row"] = {"seconds": bare(works[1], args, "--per-row")[0]}
+    results["ratios"] = ratios(results)
+    publish(args.out, f"extraction_bench_{args.device}_{args.model}", results, table(results))
+
+
+def ratios(r: dict) -> dict:
+    out = {"steady_state_vs_bare": r["bare"]["per_image_s"] / r["vlcache"]["per_image_s"],
+           "fixed_s_beyond_bare": r["vlcache"]["fixed_s"] - r["bare"]["fixed_s"]}
+    if "per_row" in r:
+        out["speedup_vs_per_row"] = r["per_row"]["seconds"] / r["vlcache"]["seconds"][1]
+    return out
+
+
+def table(r: dict) -> str:
+    small, large = r["workloads"]
+    rows = [f"Machine: {r['machine']}; {r['model']} on {r['device']}, batch {r['batch_size']}; sets of "
+            f"{small['images']} and {large['images']} unique images ({small['items']} and {large['items']} items).",
+            "", "| method | wall s (small) | wall s (large) | steady images/s | fixed s |", "|---|---:|---:|---:|---:|"]
+    for name in ("bare", "vlcache"):
+        m = r[name]
+        rows.append(f"| {name} | {m['seconds'][0]:.1f} | {m['seconds'][1]:.1f} | {m['images_per_s_steady']:.1f} "
+                    f"| {m['fixed_s']:.1f} |")
+    if "per_row" in r:
+        rows.append(f"| per-row loop, no dedup | | {r['per_row']['seconds']:.1f} | | |")
+    rows += ["", "| ratio | value | target |", "|---|---:|---|",
+             f"| vlcache steady state / bare forward | {r['ratios']['steady_state_vs_bare']:.2f}x | >= 0.95x |",
+             f"| vlcache fixed cost beyond bare | {r['ratios']['fixed_s_beyond_bare']:.1f} s | <= 5 s |"]
+    if "per_row" in r:
+        rows.append(f"| per-row loop time / vlcache (large set) | {r['ratios']['speedup_vs_per_row']:.1f}x | >= 3x |")
+    if "model_only_images_per_s" in r:
+        rows.append(f"| model alone, images/s (batch on the device) | {r['model_only_images_per_s']:.0f} | |")
+    return "\n".join(rows) + "\n"
+
+
+def machine(device: str) -> str:
+    import torch
+
+    if device.startswith("cuda"):
+        return f"{torch.cuda.get_device_name()} ({os.cpu_count()} CPU cores), torch {torch.__version__}"
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
+
+
+if __name__ == "__main__":
+    main()
