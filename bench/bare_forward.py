@@ -40,6 +40,8 @@ def main() -> None:
     parser.add_argument("--model-only", type=int, default=0, help="also time N forwards of a ready batch")
     args = parser.parse_args()
     imported = time.perf_counter()
+    # vlcache's own small configs (vlcache-tiny: a model so cheap that only the overhead is measured)
+    open_clip.add_model_config(os.path.join(os.path.dirname(__file__), "..", "pipeline", "encoders", "model_configs"))
     model, _, preprocess = open_clip.create_model_and_transforms(args.model, device=args.device)
     model.eval().requires_grad_(False)
     tokenizer = open_clip.get_tokenizer(args.model)

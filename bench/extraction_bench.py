@@ -137,6 +137,10 @@ def table(r: dict) -> str:
              f"| vlcache fixed cost beyond bare | {r['ratios']['fixed_s_beyond_bare']:.1f} s | <= 5 s |"]
     if "per_row" in r:
         rows.append(f"| per-row loop time / vlcache (large set) | {r['ratios']['speedup_vs_per_row']:.1f}x | >= 3x |")
+    stages = r["vlcache"]["runs"][1].get("worker_seconds", {})
+    if stages:
+        seconds = ", ".join(f"{k} {v:.1f}" for k, v in stages.items())
+        rows.append(f"| vlcache worker seconds (large set) | {seconds} | |")
     if "model_only_images_per_s" in r:
         rows.append(f"| model alone, images/s (batch on the device) | {r['model_only_images_per_s']:.0f} | |")
     return "\n".join(rows) + "\n"

@@ -76,16 +76,19 @@ def main() -> None:
         _, train_cfg = load_config(name)
         head = build_head(name, DIMS, args.tflocal if name == "tflocal" else None).to(device)
         optimizer = torch.optim.AdamW(head.parameters(), lr=1e-4)
-        data = batch(train_cfg.batch_size, device)
+        data = batch(train_cfg.batch_size, torch.device("cpu"))  # groups are drawn on the host, as in training
         scoring = groups(data, train_cfg.in_batch_negatives, torch.Generator().manual_seed(0)).to(device)
+        data = data.to(device)
 
         def head_step(head=head, optimizer=optimizer, data=data, scoring=scoring):
             optimizer.zero_grad(set_to_none=True)
-            loss(head, data, scoring).backward()
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):  # as training
+                value = loss(head, data, scoring)
+            value.backward()
             optimizer.step()
 
         def encoder_step(head_step=head_step, images=pixels[:train_cfg.batch_size]):
-            with torch.no_grad():
+            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 vit(images)
             head_step()
 

@@ -72,6 +72,7 @@ class Summary:
     shards_run: int
     shards_resumed: int  # of shards_run, those planned by an interrupted earlier run
     seconds: float
+    worker_seconds: dict[str, float]  # summed over shards: model load, decode wait, encode, write
 
     def lines(self) -> list[str]:
         return [
@@ -81,6 +82,8 @@ class Summary:
             f"({self.images_present} images and {self.texts_present} texts already present)",
             f"failed {self.failed} images (see `vlcache cache info` and the errors table)",
             f"{self.shards_run} shards in {self.seconds:.1f}s ({self.shards_resumed} resumed from an earlier run)",
+            *([f"worker time: {', '.join(f'{k} {v:.1f}s' for k, v in self.worker_seconds.items())}"]
+              if self.worker_seconds else []),
         ]
 
     def to_json(self) -> dict[str, Any]:
@@ -123,7 +126,16 @@ def extract(source: str, fmt: str, dataset: str, encoder: EncoderRequest, store_
         texts_encoded=sum(r.rows - r.failed for r in results if r.kind == "texts"),
         failed=registered.errors.num_rows + sum(r.failed for r in results),
         shards_run=len(results), shards_resumed=resumed, seconds=time.perf_counter() - started,
+        worker_seconds=_stage_totals(results),
     )
+
+
+def _stage_totals(results: list[ShardResult]) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    for result in results:
+        for stage, seconds in result.stages.items():
+            totals[stage] = totals.get(stage, 0.0) + seconds
+    return totals
 
 
 def _probe_images(client: Client, uris: list[str], progress: bool) -> dict[str, Probe]:

@@ -12,7 +12,9 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 import pyarrow as pa
@@ -45,6 +47,18 @@ class ShardTask:
     torch_threads: int | None = None
 
 
+class Stages(dict):
+    """Seconds spent per stage of a shard, so a run can say where its time went."""
+
+    @contextmanager
+    def time(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self[stage] = self.get(stage, 0.0) + time.perf_counter() - start
+
+
 @dataclass(frozen=True)
 class ShardResult:
     kind: Kind
@@ -52,15 +66,17 @@ class ShardResult:
     rows: int
     failed: int
     seconds: float
+    stages: dict[str, float]  # load (model, once per worker), decode_wait, encode, write
 
 
 def run_shard(task: ShardTask) -> ShardResult:
-    started = time.perf_counter()
+    started, stages = time.perf_counter(), Stages()
     space = SpaceEmbeddings.open(task.location, task.space_key, writable=True)
-    encoder = _encoder(space, task)
+    with stages.time("load"):
+        encoder = _encoder(space, task)
     encode = _encode_images if task.kind == "images" else _encode_texts
-    failed = encode(space, encoder, task)
-    return ShardResult(task.kind, task.shard, task.rows.num_rows, failed, time.perf_counter() - started)
+    failed = encode(space, encoder, task, stages)
+    return ShardResult(task.kind, task.shard, task.rows.num_rows, failed, time.perf_counter() - started, stages)
 
 
 def _encoder(space: SpaceEmbeddings, task: ShardTask) -> Encoder:
@@ -96,28 +112,32 @@ def _worker_index() -> int:
 
 # -- images ---------------------------------------------------------------------------------------
 
-def _encode_images(space: SpaceEmbeddings, encoder: Encoder, task: ShardTask) -> int:
+def _encode_images(space: SpaceEmbeddings, encoder: Encoder, task: ShardTask, stages: Stages) -> int:
     rows, n = task.rows, task.rows.num_rows
     out = {name: np.zeros((n, *space.layouts[name].row_shape), space.spec.dtype) for name in space.arrays("images")}
     errors: list[str | None] = [None] * n
-    with ThreadPoolExecutor(DECODE_THREADS) as pool:
-        for index, loaded in _prefetched(pool, encoder, rows, task.batch_size):
-            for i, x in zip(index, loaded):
-                if isinstance(x, ImageError):
-                    errors[i] = f"{x.stage}: {x}"
-            decoded = [(i, x) for i, x in zip(index, loaded) if isinstance(x, torch.Tensor)]
-            if decoded:
-                good, pixels = zip(*decoded)
-                batch = torch.stack(pixels)
-                if encoder.device.type == "cuda":
-                    batch = batch.pin_memory()
-                for name, value in encoder.encode_images(batch).items():
+    for index, loaded in _prefetched(_decode_pool(), encoder, rows, task.batch_size, stages):
+        for i, x in zip(index, loaded):
+            if isinstance(x, ImageError):
+                errors[i] = f"{x.stage}: {x}"
+        decoded = [(i, x) for i, x in zip(index, loaded) if isinstance(x, torch.Tensor)]
+        if decoded:
+            good, pixels = zip(*decoded)
+            with stages.time("encode"):
+                for name, value in encoder.encode_images(torch.stack(pixels)).items():
                     out[name][list(good)] = value
-    commit_image_shard(space, task.shard, rows, out, errors)
+    with stages.time("write"):
+        commit_image_shard(space, task.shard, rows, out, errors)
     return sum(e is not None for e in errors)
 
 
-def _prefetched(pool: ThreadPoolExecutor, encoder: Encoder, rows: pa.Table, batch_size: int
+@cache
+def _decode_pool() -> ThreadPoolExecutor:
+    """One pool per worker process, kept across shards."""
+    return ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="vlcache-decode")
+
+
+def _prefetched(pool: ThreadPoolExecutor, encoder: Encoder, rows: pa.Table, batch_size: int, stages: Stages
                 ) -> Iterator[tuple[list[int], list[torch.Tensor | ImageError]]]:
     """Decoded batches in order, the next batch decoding while the caller encodes this one."""
     uris, hashes = rows["uri"].to_pylist(), rows["hash"].to_pylist()
@@ -126,11 +146,15 @@ def _prefetched(pool: ThreadPoolExecutor, encoder: Encoder, rows: pa.Table, batc
     for index in batches:
         queue.append((index, [pool.submit(_load, encoder, uris[i], hashes[i]) for i in index]))
         if len(queue) > 1:
-            ready, futures = queue.popleft()
-            yield ready, [f.result() for f in futures]
+            yield _ready(queue.popleft(), stages)
     while queue:
-        ready, futures = queue.popleft()
-        yield ready, [f.result() for f in futures]
+        yield _ready(queue.popleft(), stages)
+
+
+def _ready(batch: tuple[list[int], list[Future]], stages: Stages) -> tuple[list[int], list]:
+    index, futures = batch
+    with stages.time("decode_wait"):
+        return index, [f.result() for f in futures]
 
 
 def _load(encoder: Encoder, uri: str, expected_hash: str) -> torch.Tensor | ImageError:
@@ -145,11 +169,12 @@ def _load(encoder: Encoder, uri: str, expected_hash: str) -> torch.Tensor | Imag
 
 # -- texts ----------------------------------------------------------------------------------------
 
-def _encode_texts(space: SpaceEmbeddings, encoder: Encoder, task: ShardTask) -> int:
+def _encode_texts(space: SpaceEmbeddings, encoder: Encoder, task: ShardTask, stages: Stages) -> int:
     rows, n = task.rows, task.rows.num_rows
     base = space.token_base(task.shard)
     offsets = rows["offset"].to_numpy() - base
-    ids, n_tokens = encoder.tokenize(rows["text"].to_pylist())
+    with stages.time("tokenize"):
+        ids, n_tokens = encoder.tokenize(rows["text"].to_pylist())
     if not np.array_equal(n_tokens, rows["n_tokens"].to_numpy()):
         raise RuntimeError(f"text shard {task.shard}: the worker's tokenizer disagrees with the plan's token counts")
     tokens = np.zeros((int(n_tokens.sum()), space.spec.text_token_dim), space.spec.dtype)
@@ -157,8 +182,10 @@ def _encode_texts(space: SpaceEmbeddings, encoder: Encoder, task: ShardTask) -> 
     # Batches of similar length: a causal tower then computes almost no padding.
     order = np.argsort(n_tokens, kind="stable")
     for chunk in np.array_split(order, max(1, -(-n // task.batch_size))):
-        per_text, pooled[chunk] = encoder.encode_texts(ids[chunk], n_tokens[chunk])
+        with stages.time("encode"):
+            per_text, pooled[chunk] = encoder.encode_texts(ids[chunk], n_tokens[chunk])
         for i, t in zip(chunk, per_text):
             tokens[offsets[i]:offsets[i] + len(t)] = t
-    commit_text_shard(space, task.shard, rows, tokens, pooled)
+    with stages.time("write"):
+        commit_text_shard(space, task.shard, rows, tokens, pooled)
     return 0

@@ -285,7 +285,8 @@ class OpenClipEncoder(Encoder):
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=enabled)
 
     def _to_numpy(self, x: torch.Tensor) -> np.ndarray:
-        return x.float().cpu().numpy().astype(self.space.dtype)
+        # Cast where the tensor is (half the bytes to copy back from a GPU for float16 stores).
+        return x.to(getattr(torch, self.space.dtype)).cpu().numpy()
 
     # -- text -----------------------------------------------------------------------------------
 
