@@ -375,4 +375,13 @@ class SpaceEmbeddings:
         return out, mask
 
     def nbytes_stored(self) -> dict[str, int]:
+        """Bytes on disk per array: lists every chunk file, so it grows with the store's history."""
         return {name: int(self.array(name).nbytes_stored()) for name in self.layouts}
+
+    def nbytes_committed(self) -> dict[str, int]:
+        """Uncompressed bytes of the committed rows per array, from the rows alone (no listing)."""
+        itemsize = np.dtype(self.spec.dtype).itemsize
+        rows = {kind: self._parts[kind].num_rows for kind in KINDS}
+        tokens = int(pc.sum(self._parts["texts"]["n_tokens"]).as_py() or 0)
+        return {name: (tokens if layout.ragged else rows[layout.kind]) * int(np.prod(layout.row_shape)) * itemsize
+                for name, layout in self.layouts.items()}

@@ -8,9 +8,11 @@ from .gc import referenced
 from .store import Store
 
 
-def describe_store(store: Store) -> dict[str, Any]:
+def describe_store(store: Store, disk_bytes: bool = False) -> dict[str, Any]:
+    """`disk_bytes`: also the bytes on disk, which means listing every chunk file (slow on a store with
+    a long history); without it, the committed rows' uncompressed bytes, from the index alone."""
     datasets = {name: _dataset(store, name) for name in store.dataset_names()}
-    spaces = {key: _space(store, key) for key in store.space_keys()}
+    spaces = {key: _space(store, key, disk_bytes) for key in store.space_keys()}
     unique_images, unique_texts = set(), set()
     for name in datasets:
         unique_images |= set(store.dataset(name).images["hash"].to_pylist())
@@ -32,7 +34,7 @@ def _dataset(store: Store, name: str) -> dict[str, Any]:
             "subsets": sorted(set(dataset.items["subset"].to_pylist())), "source": dataset.manifest["source"]}
 
 
-def _space(store: Store, key: str) -> dict[str, Any]:
+def _space(store: Store, key: str, disk_bytes: bool) -> dict[str, Any]:
     space = store.space(key)
     images, texts = set(space.images()["hash"].to_pylist()), set(space.texts()["hash"].to_pylist())
     coverage, needed = {}, referenced(store)
@@ -42,7 +44,8 @@ def _space(store: Store, key: str) -> dict[str, Any]:
             "images": sum(h in images for h in dataset.images["hash"].to_pylist()),
             "texts": sum(h in texts for h in dataset.texts["hash"].to_pylist()),
         }
-    nbytes = space.nbytes_stored()
+    committed = space.nbytes_committed()
+    on_disk = space.nbytes_stored() if disk_bytes else None
     return {
         "model": space.spec.model,
         "description": space.spec.describe(),
@@ -52,7 +55,8 @@ def _space(store: Store, key: str) -> dict[str, Any]:
         "failed": space.errors().num_rows,
         "shards": {kind: len(space.committed_shards(kind)) for kind in ("images", "texts")},
         "pending_shards": {kind: len(space.pending_shards(kind)) for kind in ("images", "texts")},
-        "bytes": {"total": sum(nbytes.values()), **nbytes},
+        "bytes": {"committed": {"total": sum(committed.values()), **committed},
+                  **({"on_disk": {"total": sum(on_disk.values()), **on_disk}} if on_disk else {})},
         "datasets": coverage,
         # Stored rows no dataset refers to any more (after `cache rm` or `--replace`): kept (reused if a
         # dataset brings that content back) until `vlcache cache gc --collect`.

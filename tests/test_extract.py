@@ -49,6 +49,16 @@ def test_full_sugarcrepe_stores_each_unique_image_and_caption_once(full_sugarcre
     assert space["datasets"]["sugarcrepe"] == {"images": len(unique_files), "texts": len(unique_texts)}
     assert (summary.images_encoded, summary.texts_encoded) == (len(unique_files), len(unique_texts))
     assert sorted(info["datasets"]["sugarcrepe"]["subsets"]) == sorted(SUGARCREPE_SIZES)
+    # Bytes without listing a chunk file: the committed rows' own size; --disk adds what is on disk.
+    opened = open_store(store).space("vlcache-tiny")
+    width = opened.spec.dims["embed_dim"] * 2  # float16
+    assert space["bytes"]["committed"]["image_global"] == len(unique_files) * width
+    assert space["bytes"]["committed"]["text_tokens"] == (
+        int(opened.texts()["n_tokens"].to_numpy().sum()) * opened.spec.text_token_dim * 2)
+    assert "on_disk" not in space["bytes"]
+    assert main(["cache", "info", str(store), "--json", "--disk"]) == 0
+    on_disk = json.loads(capsys.readouterr().out)["spaces"][opened.key]["bytes"]["on_disk"]
+    assert 0 < on_disk["total"] == sum(v for k, v in on_disk.items() if k != "total")
 
 
 def test_items_reference_their_own_image_and_captions(full_sugarcrepe):

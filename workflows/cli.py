@@ -413,12 +413,13 @@ def cache_ls(uri: str, storage_options: dict | None) -> None:
 @click.argument("uri")
 @storage_options_option
 @click.option("--json", "as_json", is_flag=True)
-def cache_info(uri: str, storage_options: dict | None, as_json: bool) -> None:
+@click.option("--disk", is_flag=True, help="Also bytes on disk (lists every chunk file: slow on a long history).")
+def cache_info(uri: str, storage_options: dict | None, as_json: bool, disk: bool) -> None:
     """Datasets, spaces, counts of unique images, texts and items, and bytes."""
     from cache_schemas import open_store
     from cache_schemas.info import describe_store
 
-    info = describe_store(open_store(uri, storage_options=storage_options))
+    info = describe_store(open_store(uri, storage_options=storage_options), disk_bytes=disk)
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
@@ -430,8 +431,10 @@ def cache_info(uri: str, storage_options: dict | None, as_json: bool) -> None:
                    f"{d['read_errors']} unreadable; subsets {', '.join(d['subsets'])}")
     for key, s in info["spaces"].items():
         click.echo(f"  space {key}: {s['description']}")
+        size = f"{_mb(s['bytes']['committed']['total'])} uncompressed" + (
+            f", {_mb(s['bytes']['on_disk']['total'])} on disk" if "on_disk" in s["bytes"] else "")
         click.echo(f"    {s['images']} images, {s['texts']} texts, {s['failed']} failed, "
-                   f"{_mb(s['bytes']['total'])}; pending shards {s['pending_shards']}")
+                   f"{size}; pending shards {s['pending_shards']}")
         if any(s["unreferenced"].values()):
             click.echo(f"    unreferenced by any dataset: {s['unreferenced']['images']} images, "
                        f"{s['unreferenced']['texts']} texts (see vlcache cache gc)")
