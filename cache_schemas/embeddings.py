@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
-from functools import cache, cached_property
+from functools import cached_property
 
 import numpy as np
 import pyarrow as pa
@@ -38,19 +36,11 @@ from .space import EmbeddingSpace
 
 PART_SCHEMAS = {"images": tables.IMAGE_PART, "texts": tables.TEXT_PART}
 SLICE_CHUNKS = 16  # chunks one read may decode beyond the rows asked for: its memory bound
-READ_THREADS = min(8, os.cpu_count() or 1)
 CHECK_AT_MOST = 64  # uncovered planned shards checked one by one; more, and the parts folder is listed
 VIEW_SCHEMAS = {"images": tables.IMAGES, "texts": tables.TEXTS}
 ERROR_STAGE = {"images": "decode", "texts": "tokenize"}
 # zstd at its fastest level: float16 embeddings shrink little, so a higher level only costs time.
 COMPRESSORS = (ZstdCodec(level=1),)
-
-
-@cache
-def _read_pool() -> ThreadPoolExecutor:
-    """Threads that wait on zarr reads (READ_THREADS runs of chunks in flight, so at most that many
-    SLICE_CHUNKS-sized blocks decoded at once)."""
-    return ThreadPoolExecutor(READ_THREADS, thread_name_prefix="vlcache-read")
 
 
 def checksum(block: np.ndarray) -> str:
@@ -346,16 +336,11 @@ class SpaceEmbeddings:
         cut = (np.diff(first) > 1) | (np.diff(first // SLICE_CHUNKS) > 0)
         runs = np.split(np.arange(len(rows)), np.flatnonzero(cut) + 1)
         out = np.empty((len(rows), *array.shape[1:]), dtype=array.dtype)
-
-        def read(run: np.ndarray) -> None:
-            start = int(first[run[0]]) * chunk
-            block = array[start:min(int(first[run[-1]] + 1) * chunk, array.shape[0])]
-            out[run] = block[rows[run] - start]
-
         try:
-            # Runs in flight together: zarr decodes their chunks concurrently, off its event loop.
-            for _ in _read_pool().map(read, runs):
-                pass
+            for run in runs:
+                start = int(first[run[0]]) * chunk
+                block = array[start:min(int(first[run[-1]] + 1) * chunk, array.shape[0])]
+                out[run] = block[rows[run] - start]
             return out
         except (RuntimeError, ValueError, OSError) as exc:  # what codecs raise for damaged bytes
             raise DamagedStoreError(f"space {self.key}, array {name}, shard {self._shard(name, int(rows[0]))} and "
