@@ -44,7 +44,7 @@ class PretrainConfigError(VlcacheError, ValueError):
 class PretrainConfig:
     # Defaults: ~4 minutes on 2 CPU cores for 8000 scenes at 64 px. By global cosine, replace-type
     # negatives are learned (96-98%) and attribute swaps less (79-87% in the demo); see
-    # bench/RESULTS.md. Twice the updates at half the batch learned more than 250 x 128.
+    # bench/README.md. Twice the updates at half the batch learned more than 250 x 128.
     model: str = "vlcache-world"
     steps: int = 500
     batch_size: int = 64
