@@ -7,7 +7,7 @@
                                                          caption and negatives, one forward each
 
 WORK holds images.txt (unique image paths), texts.json (unique texts) and items.json (per item: image
-path, caption, negatives), as bench/extraction_bench.py writes them. Prints one JSON line of timings."""
+path, caption, negatives), as bench/extract_speed_bench.py writes them. Prints one JSON line of timings."""
 
 from __future__ import annotations
 

@@ -12,12 +12,12 @@ cd "$(dirname "$0")"
 step() { echo "== $*"; local t=$SECONDS; "$@" || echo "FAILED: $*"; echo "   ($((SECONDS - t)) s)"; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null
 python3 -c "import torch, pyarrow, zarr, open_clip; print(torch.__version__, pyarrow.__version__, zarr.__version__, open_clip.__version__)"
-step python3 extraction_bench.py --device "$DEVICE" --model ViT-B-32 --images ${SIZES_B32:-2048 8192} \
+step python3 extract_speed_bench.py --device "$DEVICE" --model ViT-B-32 --images ${SIZES_B32:-2048 8192} \
     --image-size 320 --batch-size 256 --repeats 1 --no-per-row --model-only ${MODEL_ONLY_B32:-40} --out "$OUT"
-[ -n "${THREADS2:-}" ] && step python3 extraction_bench.py --device "$DEVICE" --model ViT-B-32 \
+[ -n "${THREADS2:-}" ] && step python3 extract_speed_bench.py --device "$DEVICE" --model ViT-B-32 \
     --images ${SIZES_B32:-2048 8192} --image-size 320 --batch-size 256 --repeats 1 --no-per-row \
     --vlcache-extra "--threads 2" --out "$OUT/threads2"
-step python3 extraction_bench.py --device "$DEVICE" --model ViT-L-14 --images ${SIZES_L14:-1024 4096} \
+step python3 extract_speed_bench.py --device "$DEVICE" --model ViT-L-14 --images ${SIZES_L14:-1024 4096} \
     --image-size 320 --batch-size 256 --repeats 1 --no-per-row --model-only ${MODEL_ONLY_L14:-10} --out "$OUT"
 step python3 head_speed_bench.py --device "$DEVICE" --repeats 5 --out "$OUT"
 step timeout 120 python3 loader_bench.py --model ViT-B-32 --items ${LOADER_ITEMS:-3000} --image-size 64 \

@@ -7,7 +7,7 @@ Each method runs in a process of its own, as a user runs it, so imports and star
   per-row  bench/bare_forward.py --per-row: each item's image, caption and negative, one forward each
 on a SugarCrepe-shaped set (ITEMS_PER_IMAGE items per image, captions recurring). Bare and vlcache run
 at two sizes: the steady-state cost per image is the slope between them, the fixed cost the intercept.
-Writes extraction_bench.json and extraction_bench.md under --out."""
+Writes extract_speed_bench_DEVICE_MODEL.json and .md under --out."""
 
 from __future__ import annotations
 
@@ -110,7 +110,7 @@ def main() -> None:
         if args.per_row:
             results["per_row"] = {"seconds": bare(works[1], args, "--per-row")[0]}
     results["ratios"] = ratios(results)
-    publish(args.out, f"extraction_bench_{args.device}_{args.model}", results, table(results))
+    publish(args.out, f"extract_speed_bench_{args.device}_{args.model}", results, table(results))
 
 
 def ratios(r: dict) -> dict:
