@@ -305,7 +305,7 @@ def test_damaged_tensors_stop_train_and_eval_with_one_line(damage, swaps, tmp_pa
             data = bytearray(chunk.read_bytes())
             data[len(data) // 2:len(data) // 2 + 64] = bytes(64)
             chunk.write_bytes(bytes(data))
-    command = ["eval", "--head", "global"] if damage == "deleted chunk" else \
+    command = ["eval", "--head", "global", "--quiet"] if damage == "deleted chunk" else \
         ["train", "--head", "tflocal", "--config", str(config), "--quiet"]
     capfd.readouterr()
     code = main([*command, "--store", str(damaged), "--dataset", "train", "--out", str(tmp_path / "out")])
@@ -354,7 +354,7 @@ def test_a_damaged_run_folder_is_one_line(case, expected, swaps, short_run, tmp_
     args = (["train", "--store", str(store_path), "--dataset", "train", "--head", "tflocal", "--out", str(run),
              "--resume"] if resume else
             ["eval", "--store", str(store_path), "--dataset", "test", "--head", "tflocal", "--checkpoint", str(run),
-             "--out", str(tmp_path / "x")])
+             "--out", str(tmp_path / "x"), "--quiet"])
     capfd.readouterr()
     assert main(args) == 2
     err = capfd.readouterr().err
@@ -385,6 +385,6 @@ def test_a_damaged_dataset_table_is_one_line(swaps, tmp_path, capfd):
     items.write_bytes(items.read_bytes()[: items.stat().st_size // 2])
     capfd.readouterr()
     code = main(["eval", "--head", "global", "--store", str(damaged), "--dataset", "test",
-                 "--out", str(tmp_path / "o")])
+                 "--out", str(tmp_path / "o"), "--quiet"])
     err = capfd.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "items.parquet cannot be read as Parquet" in err, err
