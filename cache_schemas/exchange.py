@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from . import tables
 from .embeddings import SpaceEmbeddings
-from .errors import ExportFileError, UnknownSpaceError, VlcacheError
+from .errors import ExportFileError, VlcacheError
 from .h5table import STRING, read_table, write_table
 from .layout import KINDS, ArrayLayout, Geometry, Kind, array_layouts
 from .space import EmbeddingSpace
@@ -65,17 +65,6 @@ class ExportSummary:
 
 # -- choosing what to export -----------------------------------------------------------------------
 
-def resolve_space(store: Store, key: str | None) -> SpaceEmbeddings:
-    """The space named (a key, or a model with one space), or the store's only space."""
-    if key is not None:
-        return store.space(key)
-    keys = store.space_keys()
-    if len(keys) != 1:
-        raise UnknownSpaceError(f"{store.location.uri} has {len(keys)} spaces; name one with --space "
-                                f"(key or model): {keys or 'none'}")
-    return store.space(keys[0])
-
-
 def _present(space: SpaceEmbeddings, kind: Kind, hashes: Sequence[str]) -> tuple[list[str], np.ndarray]:
     """The hashes the space holds rows for, and their rows, in row order (reads then walk the arrays
     forward, each chunk decoded once)."""
@@ -96,7 +85,7 @@ def export_hdf5(store: Store, dataset: str, space_key: str | None, out: str) -> 
     """Write `dataset`'s tables and its content's rows in the space to the HDF5 file `out` (replaced
     whole: the file appears only once complete)."""
     data = store.dataset(dataset)
-    space = resolve_space(store, space_key)
+    space = store.space_or_only(space_key)
     present = {kind: _present(space, kind, _content(data, kind)["hash"].to_pylist()) for kind in KINDS}
     _require_some(space, dataset, sum(len(hashes) for hashes, _ in present.values()))
     with _replaced(out) as tmp, h5py.File(tmp, "w") as f:
@@ -208,7 +197,7 @@ def export_clip_retrieval(store: Store, dataset: str, space_key: str | None, out
     embeddings of each item's image and caption, in the space's dtype) and metadata/metadata_0.parquet,
     row for row. Items whose image or caption has no row in the space are left out."""
     data = store.dataset(dataset)
-    space = resolve_space(store, space_key)
+    space = store.space_or_only(space_key)
     items = data.items
     image_rows = space.rows("images", items["image"].to_pylist())
     text_rows = space.rows("texts", items["caption"].to_pylist())

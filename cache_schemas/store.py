@@ -171,6 +171,17 @@ class Store:
             key = matches[0]
         return SpaceEmbeddings.open(self.location, key, self.writable)
 
+    def space_or_only(self, key: str | None) -> SpaceEmbeddings:
+        """The space named (a key, or a model with one space), or else the store's only space."""
+        if key:
+            return self.space(key)
+        keys = self.space_keys()
+        if len(keys) != 1:
+            found = ", ".join(keys) or "none (run vlcache extract first)"
+            raise UnknownSpaceError(f"store {self.location.uri} has {len(keys)} embedding spaces; choose one with "
+                                    f"--space (a key, or a model): {found}")
+        return self.space(keys[0])
+
     @contextmanager
     def space_writer(self, spec: EmbeddingSpace, geometry: layout.Geometry, purpose: str, *,
                      wait: float = lease.WAIT, on_wait: Callable[[str], None] | None = None

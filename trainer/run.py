@@ -9,7 +9,7 @@ from cache_schemas import SpaceEmbeddings, VlcacheError, open_store
 from . import checkpoint
 from .evaluate import evaluate, write_report
 from .heads import Dims, Head, build_head
-from .train import pick_space, resolve_device
+from .train import resolve_device
 
 
 def evaluate_head(store_uri: str, dataset: str, head_name: str, out: str, *, run_dir: str | None = None,
@@ -17,7 +17,7 @@ def evaluate_head(store_uri: str, dataset: str, head_name: str, out: str, *, run
                   retrieval_k: int = 16, storage_options: dict | None = None,
                   progress: bool = False) -> dict[str, Any]:
     store = open_store(store_uri, storage_options=storage_options)
-    space = pick_space(store, space_key)
+    space = store.space_or_only(space_key)
     data = store.dataset(dataset)
     head, state = load_head(space, head_name, run_dir)
     torch_device = resolve_device(device)

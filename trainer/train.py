@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from cache_schemas import SpaceEmbeddings, Store, VlcacheError, open_store
+from cache_schemas import VlcacheError, open_store
 
 from . import checkpoint
 from .config import TrainConfig, load_config
@@ -25,16 +25,6 @@ from .evaluate import evaluate, write_report
 from .heads import HEADS, Dims, Head, build_head
 from .health import HealthMonitor, TrainingError
 from .objective import chance_loss, groups, loss
-
-
-def pick_space(store: Store, key: str | None) -> SpaceEmbeddings:
-    if key:
-        return store.space(key)
-    keys = store.space_keys()
-    if len(keys) != 1:
-        raise VlcacheError(f"store {store.location.uri} has {len(keys)} embedding spaces; choose one with --space: "
-                           f"{', '.join(keys) or 'none (run vlcache extract first)'}")
-    return store.space(keys[0])
 
 
 def resolve_device(device: str) -> torch.device:
@@ -59,7 +49,7 @@ def train(store_uri: str, dataset: str, head_name: str, out: str, *, space_key: 
     run = _resume(out, head_name) if resume else _new_run(out, head_name, config_path, seed)
     cfg = TrainConfig.from_json(run["train"])
     store = open_store(store_uri, storage_options=storage_options)
-    space = pick_space(store, space_key)
+    space = store.space_or_only(space_key)
     if resume:
         run["checkpoint"].check_space(space)
     examples = Examples.from_dataset(space, store.dataset(dataset), split)

@@ -23,7 +23,7 @@ import numpy as np
 from cache_schemas import EmbeddingSpace, VlcacheError, open_store
 from trainer.alignment import CaptionMaps, ItemMaps, item_maps
 from trainer.run import load_head
-from trainer.train import pick_space, resolve_device
+from trainer.train import resolve_device
 
 COLUMNS = 8  # panels per row
 MEANING = {"maxsim": "cosine of\ntoken and patch", "tflocal": "soft late-interaction\nweight over regions"}
@@ -54,7 +54,7 @@ def align(store_uri: str, dataset: str, item_ids: list[str], out: str, *, head_n
           storage_options: dict | None = None) -> list[Drawn]:
     """One PNG per item in `out`: its captions' alignment maps over its image."""
     store = open_store(store_uri, storage_options=storage_options)
-    space, data = pick_space(store, space_key), store.dataset(dataset)
+    space, data = store.space_or_only(space_key), store.dataset(dataset)
     head, _ = load_head(space, head_name, run_dir)
     items = item_maps(space, data, head.to(resolve_device(device)), list(item_ids), negatives)
     images = {item.item_id: _image(item.image_uri, space.spec.preprocess) for item in items}  # all read first

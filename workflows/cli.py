@@ -264,10 +264,9 @@ def diagnose(store_uri, storage_options, dataset, sources, out, space_key, split
     from cache_schemas import open_store
     from trainer.diagnostic import diagnose_with
     from trainer.evaluate import write_report
-    from trainer.train import pick_space
 
     store = open_store(store_uri, storage_options=storage_options)
-    space, data = pick_space(store, space_key), store.dataset(dataset)
+    space, data = store.space_or_only(space_key), store.dataset(dataset)
     for source in sources:
         report = diagnose_with(space, data, source, split=split or None, progress=not quiet)
         write_report(report, os.path.join(out, source))
