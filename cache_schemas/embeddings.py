@@ -43,6 +43,20 @@ ERROR_STAGE = {"images": "decode", "texts": "tokenize"}
 COMPRESSORS = (ZstdCodec(level=1),)
 
 
+# Per float dtype: the unsigned view, the mask of every bit but the sign, and the bits of infinity.
+_FLOAT_BITS = {np.dtype(np.float16): (np.uint16, 0x7FFF, 0x7C00),
+               np.dtype(np.float32): (np.uint32, 0x7FFFFFFF, 0x7F800000)}
+
+
+def _zero_or_non_finite_rows(data: np.ndarray) -> np.ndarray:
+    """Rows that are all (signed) zeros or hold an inf or NaN, read from the bits: the largest magnitude
+    of a row is 0, or at least infinity's. Several times faster than numpy's float16 reductions."""
+    unsigned, magnitude, infinity = _FLOAT_BITS[data.dtype]
+    flat = np.ascontiguousarray(data).reshape(len(data), -1).view(unsigned)
+    largest = (flat & unsigned(magnitude)).max(axis=1)
+    return (largest == 0) | (largest >= infinity)
+
+
 def checksum(block: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(block).tobytes()).hexdigest()
 
@@ -350,8 +364,7 @@ class SpaceEmbeddings:
     def _checked(self, name: str, rows: np.ndarray, data: np.ndarray) -> np.ndarray:
         """Committed rows are never all zeros (a deleted chunk reads back as its fill value) and never
         non-finite (flipped bytes that still decode): either means damage, never a number to report."""
-        flat = data.reshape(len(data), -1)
-        bad = ~flat.any(axis=1) | ~np.isfinite(flat).all(axis=1)
+        bad = _zero_or_non_finite_rows(data)
         if bad.any():
             row = int(rows[np.argmax(bad)])
             raise DamagedStoreError(f"space {self.key}, array {name}, shard {self._shard(name, row)}: committed rows "

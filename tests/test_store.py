@@ -153,3 +153,17 @@ def test_the_index_gives_the_same_rows_as_the_parts_and_follows_collection(tmp_p
     assert store.dataset("more").images["hash"][0].as_py() in space.view("images")["hash"].to_pylist()
     assert find_garbage(space, referenced(store)).shards == {"images": [], "texts": []}
     assert verify(open_store(path)).ok
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_the_read_check_finds_zero_and_non_finite_rows_from_the_bits(dtype):
+    from cache_schemas.embeddings import _zero_or_non_finite_rows
+
+    rows = np.ones((7, 3, 4), dtype=dtype)
+    rows[1] = 0
+    rows[2] = -0.0  # a negative zero is still a zero row
+    rows[3, 1, 2] = np.inf
+    rows[4, 0, 0] = -np.inf
+    rows[5, 2, 3] = np.nan
+    rows[6] = np.finfo(dtype).smallest_subnormal  # tiny, but a number
+    assert _zero_or_non_finite_rows(rows).tolist() == [False, True, True, True, True, True, False]

@@ -218,6 +218,7 @@ class BatchLoader:
                     batch = self.collate(order[position], self.state.epoch, position, rows)
                     self.state.batch = position + 1
                     yield batch
+                rows = None  # released before the next window is read: one window in memory, not two
             if not self.shuffle:
                 return
             self.state = LoaderState(self.state.epoch + 1, 0)
