@@ -97,3 +97,18 @@ def test_bad_requests_are_refused_clearly():
         describe(EncoderRequest("ViT-B-33"))
     with pytest.raises(InvalidSpecError, match="unknown image token types"):
         describe(EncoderRequest("vlcache-tiny", image_tokens=("patches", "pixels")))
+
+
+def test_preprocess_defers_scaling_to_the_batch_and_changes_no_number(tiny):
+    """preprocess keeps uint8 pixels (the decode threads run PIL steps only); encode_images scales and
+    normalises the batch exactly as open_clip's own eval transform does, to the bit."""
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+    from PIL import Image
+
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8))
+    cfg = {k: v for k, v in tiny.space.preprocess.items() if k != "load"}
+    reference = image_transform_v2(PreprocessCfg(**cfg), is_train=False)(image)[None]
+    pixels = tiny.preprocess(image)[None]
+    assert pixels.dtype == torch.uint8 and pixels.shape == reference.shape
+    ours, theirs = tiny.encode_images(pixels), tiny.encode_images(reference)
+    assert all(np.array_equal(ours[name], theirs[name]) for name in ours)

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from open_clip.tokenizer import HFTokenizer
 from open_clip.transform import PreprocessCfg, image_transform_v2
 from open_clip.transformer import text_global_pool
+from torchvision import transforms
 
 from cache_schemas import EmbeddingSpace, VlcacheError
 
@@ -37,6 +38,15 @@ from .base import Encoder, EncoderRequest, Tokenizer, UnknownModelError, file_sh
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(CONFIG_DIR)  # registers vlcache-tiny and friends by file stem
 RANDOM_SEED = 0
+
+
+def _split_transform(transform: transforms.Compose) -> tuple[transforms.Compose, tuple, tuple]:
+    """open_clip's eval transform as its PIL steps and the mean and std of its final Normalize (it
+    ends ToTensor, Normalize for every model it builds)."""
+    *steps, to_tensor, normalize = transform.transforms
+    if not (isinstance(to_tensor, transforms.ToTensor) and isinstance(normalize, transforms.Normalize)):
+        raise VlcacheError(f"unexpected open_clip eval transform: {transform}")
+    return transforms.Compose(steps), tuple(normalize.mean), tuple(normalize.std)
 
 
 def check_model(name: str) -> None:
@@ -273,11 +283,23 @@ class OpenClipEncoder(Encoder):
         self.blocks = _n_blocks(self.model)
         self.model.requires_grad_(False)
         cfg = {k: v for k, v in space.preprocess.items() if k != "load"}
-        self._transform = image_transform_v2(PreprocessCfg(**cfg), is_train=False)
+        self._image_steps, self._mean, self._std = _split_transform(
+            image_transform_v2(PreprocessCfg(**cfg), is_train=False))
         self.text_tower = _TextTower.of(self.model)
 
     def preprocess(self, image):
-        return self._transform(image)
+        """The transform's image steps (resize, crop) only: a uint8 (3, H, W) tensor. Scaling and
+        normalising run batched where the batch is encoded (on the GPU there), not image by image in
+        the decode threads, where they held the interpreter lock the encoding thread needs."""
+        return torch.from_numpy(np.array(self._image_steps(image))).permute(2, 0, 1)
+
+    def _normalised(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 pixels as ToTensor then Normalize make them (the same float32 operations); float
+        pixels are taken as already normalised."""
+        if pixels.dtype != torch.uint8:
+            return pixels
+        mean, std = (torch.tensor(v, device=pixels.device).view(1, -1, 1, 1) for v in (self._mean, self._std))
+        return (pixels.float().div(255) - mean) / std
 
     def _autocast(self):
         # On CUDA, bf16 matmuls for float16 stores (storage rounds as much); float32 stores get fp32.
@@ -332,7 +354,7 @@ class OpenClipEncoder(Encoder):
     @torch.inference_mode()
     def encode_images(self, pixels: torch.Tensor) -> dict[str, np.ndarray]:
         """The image arrays of the space for a batch (B, 3, H, W): image_patches, image_cls, image_global."""
-        pixels = pixels.to(self.device, non_blocking=True)
+        pixels = self._normalised(pixels.to(self.device, non_blocking=True))
         with self._autocast(), self._last_block_input() as last_input:
             out = self.model.forward_intermediates(
                 image=pixels, image_indices=[self._layer_index("image")], normalize_intermediates=True,
