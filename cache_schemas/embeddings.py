@@ -310,8 +310,7 @@ class SpaceEmbeddings:
             raise ValueError(f"{name} is ragged: use read_tokens")
         if not rows.size:
             return np.empty((0, *self.layouts[name].row_shape), self.spec.dtype)
-        unique, inverse = np.unique(rows, return_inverse=True)  # zarr reads each chunk once, in order
-        return self._checked(name, unique, self._read_rows(name, unique))[inverse]
+        return self._in_order(name, rows, self._read_rows)
 
     def token_index(self) -> tuple[np.ndarray, np.ndarray]:
         """Per text row: the first text_tokens row of its tokens, and their count (0 for absent rows)."""
@@ -336,8 +335,15 @@ class SpaceEmbeddings:
         if not take.sum():
             return np.empty((0, self.spec.text_token_dim), self.spec.dtype), take
         index = np.concatenate([np.arange(o, o + n) for o, n in zip(offsets[rows], take)])
-        unique, inverse = np.unique(index, return_inverse=True)
-        return self._checked("text_tokens", unique, self._read_rows("text_tokens", unique))[inverse], take
+        return self._in_order("text_tokens", index, self._read_rows), take
+
+    def _in_order(self, name: str, rows: np.ndarray, read) -> np.ndarray:
+        """`read` (sorted unique rows -> their data), checked, in the order `rows` asks. Rows already
+        sorted and unique (a loader's window) are returned as read, without a second copy."""
+        if bool(np.all(np.diff(rows) > 0)):
+            return self._checked(name, rows, read(name, rows))
+        unique, inverse = np.unique(rows, return_inverse=True)  # zarr reads each chunk once, in order
+        return self._checked(name, unique, read(name, unique))[inverse]
 
     def _read_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
         """Sorted unique `rows` of an array. Each run of consecutive chunks they touch is read as one
