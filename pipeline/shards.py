@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -31,6 +32,7 @@ from .images import ImageError, decode, read_bytes
 # encodes faster than a few cores decode, so every core gets one.
 DECODE_THREADS = min(32, max(4, os.cpu_count() or 1))
 _ENCODERS: dict[tuple, Encoder] = {}
+_ENCODERS_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -83,13 +85,14 @@ def _encoder(space: SpaceEmbeddings, task: ShardTask) -> Encoder:
     """One encoder per worker process, loaded on first use and kept for every later shard."""
     device = _device(task.device)
     key = (space.key, task.pretrained, device)
-    if key not in _ENCODERS:
-        _ENCODERS.clear()  # frees the previous model's memory before loading another
-        if task.torch_threads:
-            torch.set_num_threads(task.torch_threads)
-        spec = dataclasses.replace(space.spec, tokenizer_path=task.tokenizer_path or space.spec.tokenizer_path)
-        _ENCODERS[key] = load_encoder(spec, task.pretrained, device)
-    return _ENCODERS[key]
+    with _ENCODERS_LOCK:  # a worker with several threads loads the model once
+        if key not in _ENCODERS:
+            _ENCODERS.clear()  # frees the previous model's memory before loading another
+            if task.torch_threads:
+                torch.set_num_threads(task.torch_threads)
+            spec = dataclasses.replace(space.spec, tokenizer_path=task.tokenizer_path or space.spec.tokenizer_path)
+            _ENCODERS[key] = load_encoder(spec, task.pretrained, device)
+        return _ENCODERS[key]
 
 
 def _device(requested: str) -> str:
