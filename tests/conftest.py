@@ -33,6 +33,15 @@ def small_sugarcrepe(tmp_path_factory):
     return write_sugarcrepe_example(str(root), sizes=sizes, n_images=12, seed=1)
 
 
+@pytest.fixture(scope="module")
+def small_store(small_sugarcrepe, tmp_path_factory):
+    """small_sugarcrepe extracted with vlcache-tiny: one store per test module (modules may damage copies)."""
+    annotations, images = small_sugarcrepe
+    path = tmp_path_factory.mktemp("small") / "store"
+    run_extract(annotations, "sugarcrepe", "sc", path, images_root=images)
+    return path
+
+
 @pytest.fixture
 def s3_store():
     """A real S3-compatible server (moto) on loopback, and a new bucket in it (moto keeps every server's

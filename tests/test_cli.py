@@ -11,16 +11,6 @@ import pytest
 
 from workflows.cli import main
 
-from .conftest import run_extract
-
-
-@pytest.fixture(scope="module")
-def store(small_sugarcrepe, tmp_path_factory):
-    annotations, images = small_sugarcrepe
-    path = tmp_path_factory.mktemp("cli") / "store"
-    run_extract(annotations, "sugarcrepe", "sc", path, images_root=images)
-    return path
-
 
 def _extract_args(source, store, **overrides):
     options = {"--format": "sugarcrepe", "--dataset": "sc", "--model": "vlcache-tiny", "--store": str(store)}
@@ -62,21 +52,21 @@ def test_the_installed_command_prints_no_traceback(tmp_path):
     assert result.stderr == f"error: no vlcache store at {tmp_path / 'nothing'} (vlcache.json is missing)\n"
 
 
-def test_info_ls_and_verify_on_a_good_store(store, capsys):
-    assert main(["cache", "info", str(store)]) == 0
+def test_info_ls_and_verify_on_a_good_store(small_store, capsys):
+    assert main(["cache", "info", str(small_store)]) == 0
     out = capsys.readouterr().out
     assert "28 items" in out and "sc: " in out and "vlcache-tiny [random:0]" in out
-    assert main(["cache", "ls", str(store)]) == 0
+    assert main(["cache", "ls", str(small_store)]) == 0
     assert capsys.readouterr().out.splitlines()[0] == "dataset sc\t28 items"
-    assert main(["cache", "ls", str(store.parent)]) == 0
-    assert capsys.readouterr().out.strip() == f"store {store}"
-    assert main(["cache", "verify", str(store)]) == 0
+    assert main(["cache", "ls", str(small_store.parent)]) == 0
+    assert capsys.readouterr().out.strip() == f"store {small_store}"
+    assert main(["cache", "verify", str(small_store)]) == 0
     assert capsys.readouterr().out.startswith("ok: checked")
 
 
-def test_verify_finds_a_corrupted_shard(store, tmp_path, capsys):
+def test_verify_finds_a_corrupted_shard(small_store, tmp_path, capsys):
     damaged = tmp_path / "damaged"
-    subprocess.run(["cp", "-r", str(store), str(damaged)], check=True)
+    subprocess.run(["cp", "-r", str(small_store), str(damaged)], check=True)
     (shard,) = glob.glob(str(damaged / "spaces/*/embeddings.zarr/image_global/c/0/0"))
     with open(shard, "r+b") as f:
         data = bytearray(f.read())
@@ -88,18 +78,18 @@ def test_verify_finds_a_corrupted_shard(store, tmp_path, capsys):
     assert "images shard 0: image_global" in captured.err and captured.out.startswith("1 problems")
 
 
-def test_verify_finds_a_missing_shard(store, tmp_path, capsys):
+def test_verify_finds_a_missing_shard(small_store, tmp_path, capsys):
     damaged = tmp_path / "damaged"
-    subprocess.run(["cp", "-r", str(store), str(damaged)], check=True)
+    subprocess.run(["cp", "-r", str(small_store), str(damaged)], check=True)
     for path in glob.glob(str(damaged / "spaces/*/embeddings.zarr/text_tokens/c/1/*")):
         os.remove(path)
     assert main(["cache", "verify", str(damaged)]) == 1
     assert "texts shard 1: text_tokens does not match its checksum" in capsys.readouterr().err
 
 
-def test_a_store_from_an_unknown_major_version_is_refused(store, tmp_path, capfd):
+def test_a_store_from_an_unknown_major_version_is_refused(small_store, tmp_path, capfd):
     future = tmp_path / "future"
-    subprocess.run(["cp", "-r", str(store), str(future)], check=True)
+    subprocess.run(["cp", "-r", str(small_store), str(future)], check=True)
     manifest = json.loads((future / "vlcache.json").read_text())
     (future / "vlcache.json").write_text(json.dumps({**manifest, "schema_version": "2.0"}))
     assert main(["cache", "info", str(future)]) == 2
@@ -144,9 +134,9 @@ def test_a_source_whose_images_all_fail_is_refused_then_fixed(small_sugarcrepe, 
     assert main(_extract_args(annotations, tmp_path / "s", **{"--images-root": images})) == 0
 
 
-def test_cache_rm_then_gc_frees_what_no_dataset_needs(store, tmp_path, capfd):
+def test_cache_rm_then_gc_frees_what_no_dataset_needs(small_store, tmp_path, capfd):
     copy = tmp_path / "copy"
-    subprocess.run(["cp", "-r", str(store), str(copy)], check=True)
+    subprocess.run(["cp", "-r", str(small_store), str(copy)], check=True)
     assert main(["cache", "rm", str(copy), "sc"]) == 0
     assert capfd.readouterr().out == "removed dataset sc\n"
     assert main(["cache", "info", str(copy)]) == 0

@@ -23,17 +23,9 @@ TABLE_NAMES = ("items", "images", "texts", "errors")
 
 
 @pytest.fixture(scope="module")
-def source(small_sugarcrepe, tmp_path_factory):
-    annotations, images = small_sugarcrepe
-    path = tmp_path_factory.mktemp("exchange") / "store"
-    run_extract(annotations, "sugarcrepe", "sc", path, images_root=images)
-    return path
-
-
-@pytest.fixture(scope="module")
-def exported(source, tmp_path_factory):
+def exported(small_store, tmp_path_factory):
     out = tmp_path_factory.mktemp("export") / "sc.h5"
-    assert main(["cache", "export", str(source), "--dataset", "sc", "--format", "hdf5", str(out)]) == 0
+    assert main(["cache", "export", str(small_store), "--dataset", "sc", "--format", "hdf5", str(out)]) == 0
     return out
 
 
@@ -72,30 +64,30 @@ def _files(root):
             for d, _, names in os.walk(root) for n in names}
 
 
-def test_round_trip_through_hdf5_gives_equal_tables_and_arrays(source, exported, tmp_path, capfd):
+def test_round_trip_through_hdf5_gives_equal_tables_and_arrays(small_store, exported, tmp_path, capfd):
     copy = tmp_path / "copy"
     assert main(["cache", "import", str(exported), "--store", str(copy)]) == 0
     out = capfd.readouterr().out
     assert "imported dataset sc" in out and "wrote 11 images and 42 texts" in out, out
-    _assert_same_dataset_and_rows(source, copy)
+    _assert_same_dataset_and_rows(small_store, copy)
 
 
-def test_export_and_import_a_row_at_a_time_give_the_same_file_and_store(source, exported, tmp_path, monkeypatch):
+def test_export_and_import_a_row_at_a_time_give_the_same_file_and_store(small_store, exported, tmp_path, monkeypatch):
     """Blocks of one row: every block and window boundary is crossed, and the result is the same."""
     from cache_schemas import exchange
 
     monkeypatch.setattr(exchange, "BLOCK_BYTES", 1)
     out = tmp_path / "small-blocks.h5"
-    exchange.export_hdf5(open_store(str(source)), "sc", None, str(out))
+    exchange.export_hdf5(open_store(str(small_store)), "sc", None, str(out))
     with h5py.File(exported, "r") as a, h5py.File(out, "r") as b:
         for name in ("image_patches", "image_cls", "image_global", "text_global", "text_tokens/values"):
             np.testing.assert_array_equal(a["embeddings"][name][()], b["embeddings"][name][()])
     import_hdf5(str(out), str(tmp_path / "copy"))
-    _assert_same_dataset_and_rows(source, tmp_path / "copy")
+    _assert_same_dataset_and_rows(small_store, tmp_path / "copy")
 
 
 def test_a_store_made_by_import_needs_no_encoding_when_the_source_is_extracted(
-        source, exported, small_sugarcrepe, tmp_path):
+        small_store, exported, small_sugarcrepe, tmp_path):
     annotations, images = small_sugarcrepe
     import_hdf5(str(exported), str(tmp_path / "copy"))
     summary = run_extract(annotations, "sugarcrepe", "sc", tmp_path / "copy", images_root=images)
@@ -103,7 +95,7 @@ def test_a_store_made_by_import_needs_no_encoding_when_the_source_is_extracted(
     assert (summary.images_present, summary.texts_present) == (summary.images, summary.texts)
 
 
-def test_the_file_has_the_documented_layout_in_plain_h5py(source, exported):
+def test_the_file_has_the_documented_layout_in_plain_h5py(small_store, exported):
     with h5py.File(exported, "r") as f:  # only h5py and numpy from here to the end of the block
         attrs = f.attrs
         assert attrs["format"] == "vlcache-export" and attrs["export_version"] == 1
@@ -136,7 +128,7 @@ def test_the_file_has_the_documented_layout_in_plain_h5py(source, exported):
         image_global = emb["image_global"][()]
         patches_of_last = emb["image_patches"][n - 1]
 
-    store = open_store(str(source))
+    store = open_store(str(small_store))
     space = store.space(spec["key"])
     np.testing.assert_array_equal(image_global, space.read("image_global", space.rows("images", list(image_hash))))
     last = space.rows("images", [image_hash[-1]])
@@ -147,15 +139,15 @@ def test_the_file_has_the_documented_layout_in_plain_h5py(source, exported):
         pa.compute.equal(store.dataset("sc").texts["hash"], captions[0]))["text"][0].as_py()
 
 
-def test_clip_retrieval_rows_line_up_with_the_items(source, tmp_path, capfd):
+def test_clip_retrieval_rows_line_up_with_the_items(small_store, tmp_path, capfd):
     out = tmp_path / "clip"
-    assert main(["cache", "export", str(source), "--dataset", "sc", "--space", "vlcache-tiny",
+    assert main(["cache", "export", str(small_store), "--dataset", "sc", "--space", "vlcache-tiny",
                  "--format", "clip-retrieval", str(out)]) == 0
     assert "28 items" in capfd.readouterr().out
     image_emb = np.load(out / "img_emb" / "img_emb_0.npy")
     text_emb = np.load(out / "text_emb" / "text_emb_0.npy")
     metadata = pq.read_table(out / "metadata" / "metadata_0.parquet")
-    store = open_store(str(source))
+    store = open_store(str(small_store))
     data, space = store.dataset("sc"), store.space("vlcache-tiny")
     items = data.items
     assert len(image_emb) == len(text_emb) == metadata.num_rows == items.num_rows
@@ -173,21 +165,21 @@ def test_clip_retrieval_rows_line_up_with_the_items(source, tmp_path, capfd):
     assert metadata["split"].to_pylist() == items["split"].to_pylist()
 
 
-def test_importing_content_the_store_holds_writes_nothing(source, exported, tmp_path):
+def test_importing_content_the_store_holds_writes_nothing(small_store, exported, tmp_path):
     store = tmp_path / "store"
-    shutil.copytree(source, store)
+    shutil.copytree(small_store, store)
     before = _files(store / "spaces")
     summary = import_hdf5(str(exported), str(store), "sc-again")
     assert summary.written == {"images": 0, "texts": 0} and summary.shards == 0
     assert summary.present == summary.in_file == {"images": 11, "texts": 42}
     assert _files(store / "spaces") == before
-    _assert_same_dataset_and_rows(source, store, new_name="sc-again")
+    _assert_same_dataset_and_rows(small_store, store, new_name="sc-again")
     datasets = _files(store / "datasets")
     assert main(["cache", "import", str(exported), "--store", str(store)]) == 0  # the same dataset again: a no-op
     assert _files(store / "spaces") == before and _files(store / "datasets") == datasets
 
 
-def test_import_writes_only_the_content_a_store_lacks(source, exported, small_sugarcrepe, tmp_path):
+def test_import_writes_only_the_content_a_store_lacks(small_store, exported, small_sugarcrepe, tmp_path):
     annotations, images = small_sugarcrepe
     part = tmp_path / "part"
     part.mkdir()
@@ -204,13 +196,13 @@ def test_import_writes_only_the_content_a_store_lacks(source, exported, small_su
     assert summary.written == {"images": 11 - first.images, "texts": 42 - first.texts}
     # the rows written are the file's; the rows held before are untouched (another extraction's numbers
     # may differ in the last bit: the encoder batches differently)
-    everything = open_store(str(source)).dataset("sc")
+    everything = open_store(str(small_store)).dataset("sc")
     lacked = {kind: set(getattr(everything, kind)["hash"].to_pylist()) - held[kind] for kind in held}
-    _assert_same_dataset_and_rows(source, store, only=lacked)
+    _assert_same_dataset_and_rows(small_store, store, only=lacked)
     _assert_same_dataset_and_rows(snapshot, store, name="swaps", only=held)
 
 
-def test_an_interrupted_import_resumes_its_pending_shards(source, exported, tmp_path, monkeypatch):
+def test_an_interrupted_import_resumes_its_pending_shards(small_store, exported, tmp_path, monkeypatch):
     commits = []
 
     def commit_then_die(*args):
@@ -228,7 +220,7 @@ def test_an_interrupted_import_resumes_its_pending_shards(source, exported, tmp_
     summary = import_hdf5(str(exported), str(tmp_path / "store"))
     assert summary.written["images"] == 0 and 0 < summary.written["texts"] < 42 and summary.left == 0
     assert not open_store(str(tmp_path / "store")).space("vlcache-tiny").pending_shards("texts")
-    _assert_same_dataset_and_rows(source, tmp_path / "store")
+    _assert_same_dataset_and_rows(small_store, tmp_path / "store")
 
 
 def _damaged(exported, tmp_path, change):
@@ -287,9 +279,9 @@ def test_a_bad_file_is_one_line_exit_2_and_no_store(case, exported, tmp_path, ca
     (["--dataset", "sc", "--space", "ViT-B-99"], "no space 'ViT-B-99'"),
     (["--dataset", "sc", "--format", "parquet"], "'parquet' is not one of"),
 ])
-def test_an_unknown_dataset_space_or_format_is_one_line_exit_2(args, expected, source, tmp_path, capfd):
+def test_an_unknown_dataset_space_or_format_is_one_line_exit_2(args, expected, small_store, tmp_path, capfd):
     out = tmp_path / "out.h5"
-    assert main(["cache", "export", str(source), *args, str(out)]) == 2
+    assert main(["cache", "export", str(small_store), *args, str(out)]) == 2
     err = capfd.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: ") and expected in err, err
     assert not os.path.exists(out)

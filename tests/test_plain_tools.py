@@ -11,8 +11,6 @@ import zarr
 from cache_schemas import open_store
 from cache_schemas.layout import EMBEDDINGS, space_dir
 
-from .conftest import run_extract
-
 README = os.path.join(os.path.dirname(__file__), "..", "cache_schemas", "README.md")
 
 
@@ -22,13 +20,11 @@ def _recipes() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def ran(small_sugarcrepe, tmp_path_factory):
+def ran(small_store):
     """Every recipe executed in order, in one namespace holding only store, key and dataset."""
     pytest.importorskip("xarray")
     pytest.importorskip("duckdb")
-    annotations, images = small_sugarcrepe
-    store = tmp_path_factory.mktemp("recipes") / "store"
-    run_extract(annotations, "sugarcrepe", "sc", store, images_root=images)
+    store = small_store
     space = open_store(store).space("vlcache-tiny")
     namespace = {"store": str(store), "key": space.key, "dataset": "sc"}
     recipes = _recipes()
