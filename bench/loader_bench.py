@@ -11,6 +11,7 @@ import argparse
 import os
 import tempfile
 import time
+import tracemalloc
 
 import numpy as np
 from results import publish
@@ -53,6 +54,19 @@ def one_epoch(loader: BatchLoader) -> dict[str, float]:
             "image_chunk_reads": loader.chunk_reads["image_patches"],
             "text_chunk_reads": loader.chunk_reads["text_tokens"],
             "max_window_mb": loader.max_window_bytes / 1e6}
+
+
+def peak_memory(space, examples, buffer: int) -> dict[str, float]:
+    """Traced peak over one epoch (prefetch off) above the baseline of a store already open and read once,
+    against the largest window's rows."""
+    loader = BatchLoader(space, examples, NEEDS, batch_size=64, shuffle_buffer=buffer, prefetch=0)
+    tracemalloc.start()
+    baseline, _ = tracemalloc.get_traced_memory()
+    one_epoch(loader)
+    peak = tracemalloc.get_traced_memory()[1] - baseline
+    tracemalloc.stop()
+    return {"buffer": buffer, "peak_mb": peak / 1e6, "window_mb": loader.max_window_bytes / 1e6,
+            "peak_over_window": peak / loader.max_window_bytes}
 
 
 def raw_read(space) -> dict[str, float]:
@@ -128,6 +142,8 @@ def main() -> None:
             loader = cls(source, examples, NEEDS, batch_size=64, shuffle_buffer=args.buffer, prefetch=0)
             results[name] = one_epoch(loader)
         raw = raw_read(space)
+        memory = peak_memory(space, examples, args.buffer)
+        store_mb = sum(space.nbytes_committed()[n] for n in ("image_patches", "text_tokens")) / 1e6
         rows = np.random.default_rng(0).permutation(space.images()["row"].to_numpy())
         checks = read_checks(space, [rows[i:i + 64] for i in range(0, len(rows), 64)])
     ours, plain = results["block shuffle"], results["random permutation"]
@@ -139,10 +155,13 @@ def main() -> None:
         "loader epoch vs a raw read of the same arrays (raw seconds / epoch seconds)": raw["seconds"] / ours["seconds"],
     }
     results["raw read"] = raw
+    results["memory"] = {**memory, "store_mb": store_mb}
     lines = ["| loader | batches | image chunk reads | text chunk reads | epoch s |", "|---|---:|---:|---:|---:|"]
     lines += [f"| {n} | {r['batches']} | {r['image_chunk_reads']} | {r['text_chunk_reads']} | {r['seconds']:.2f} |"
               for n, r in results.items() if isinstance(r, dict) and "batches" in r]
-    lines += ["", *(f"- {k}: {v:.1f}x" for k, v in results["ratios"].items())]
+    lines += ["", *(f"- {k}: {v:.2f}x" for k, v in results["ratios"].items())]
+    lines += [f"- traced peak over one epoch (prefetch off) / the largest window: {memory['peak_over_window']:.2f}x "
+              f"(window {memory['window_mb']:.1f} MB, store {store_mb:.0f} MB)"]
     results["read checks (seconds, one pass of random batches of 64 over image_patches)"] = checks
     lines += ["", "| reading every image row once, random batches of 64 | time vs no check |", "|---|---:|"]
     lines += [f"| {label} | {seconds / checks['no check']:.2f}x |" for label, seconds in checks.items()]

@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import zarr
 from zarr.codecs import ZstdCodec
+from zarr.core.buffer.cpu import NDBuffer
 
 from . import tables
 from .errors import DamagedStoreError, InvalidSpecError
@@ -35,7 +36,10 @@ from .location import Location
 from .space import EmbeddingSpace
 
 PART_SCHEMAS = {"images": tables.IMAGE_PART, "texts": tables.TEXT_PART}
-SLICE_CHUNKS = 16  # chunks one read may decode beyond the rows asked for: its memory bound
+# What one zarr call of a read may decode, as a share of the bytes the read returns (at least one
+# chunk): a read's transient memory stays a small part of its result.
+BLOCK_SHARE = 1 / 32
+CHECK_STEPS = 16  # the check reads rows in this many steps, so its temporaries are a sixteenth of a read
 CHECK_AT_MOST = 64  # uncovered planned shards checked one by one; more, and the parts folder is listed
 VIEW_SCHEMAS = {"images": tables.IMAGES, "texts": tables.TEXTS}
 ERROR_STAGE = {"images": "decode", "texts": "tokenize"}
@@ -53,7 +57,10 @@ def _zero_or_non_finite_rows(data: np.ndarray) -> np.ndarray:
     of a row is 0, or at least infinity's. Several times faster than numpy's float16 reductions."""
     unsigned, magnitude, infinity = _FLOAT_BITS[data.dtype]
     flat = np.ascontiguousarray(data).reshape(len(data), -1).view(unsigned)
-    largest = (flat & unsigned(magnitude)).max(axis=1)
+    largest = np.empty(len(flat), unsigned)
+    step = max(1, -(-len(flat) // CHECK_STEPS))
+    for i in range(0, len(flat), step):
+        largest[i:i + step] = (flat[i:i + step] & unsigned(magnitude)).max(axis=1)
     return (largest == 0) | (largest >= infinity)
 
 
@@ -347,25 +354,35 @@ class SpaceEmbeddings:
 
     def _read_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
         """Sorted unique `rows` of an array. Each run of consecutive chunks they touch is read as one
-        slice and the rows picked in numpy: zarr's orthogonal indexing walks its index one coordinate
-        at a time, which made the loader several times slower than the disk."""
+        slice (zarr's orthogonal indexing walks its index one coordinate at a time, which made the
+        loader several times slower than the disk), at most BLOCK_SHARE of the result's bytes per call.
+        Consecutive rows decode straight into the result; others go through their block."""
         array = self.array(name)
         chunk = array.chunks[0]
-        first = rows // chunk
-        # a new slice where chunks stop being consecutive, or every SLICE_CHUNKS chunks (bounded memory)
-        cut = (np.diff(first) > 1) | (np.diff(first // SLICE_CHUNKS) > 0)
-        runs = np.split(np.arange(len(rows)), np.flatnonzero(cut) + 1)
         out = np.empty((len(rows), *array.shape[1:]), dtype=array.dtype)
+        chunks_per_call = max(1, int(out.nbytes * BLOCK_SHARE) // max(1, chunk * out[:1].nbytes))
+        first = rows // chunk
+        cut = (np.diff(first) > 1) | (np.diff(first // chunks_per_call) > 0)
+        bounds = [0, *(np.flatnonzero(cut) + 1).tolist(), len(rows)]
         try:
-            for run in runs:
-                start = int(first[run[0]]) * chunk
-                block = array[start:min(int(first[run[-1]] + 1) * chunk, array.shape[0])]
-                out[run] = block[rows[run] - start]
+            for lo, hi in zip(bounds[:-1], bounds[1:]):
+                self._read_run(array, rows[lo:hi], out[lo:hi])
             return out
         except (RuntimeError, ValueError, OSError) as exc:  # what codecs raise for damaged bytes
             raise DamagedStoreError(f"space {self.key}, array {name}, shard {self._shard(name, int(rows[0]))} and "
                                     f"after: a chunk cannot be decoded ({type(exc).__name__}); run vlcache cache "
                                     f"verify {self.location.uri}") from None
+
+    @staticmethod
+    def _read_run(array: zarr.Array, rows: np.ndarray, out: np.ndarray) -> None:
+        first, last = int(rows[0]), int(rows[-1])
+        if last - first + 1 == len(rows):
+            array.get_basic_selection(slice(first, last + 1), out=NDBuffer.from_numpy_array(out))
+            return
+        chunk = array.chunks[0]
+        start = first - first % chunk
+        block = array[start:min(last - last % chunk + chunk, array.shape[0])]
+        np.take(block, rows - start, axis=0, out=out)
 
     def _checked(self, name: str, rows: np.ndarray, data: np.ndarray) -> np.ndarray:
         """Committed rows are never all zeros (a deleted chunk reads back as its fill value) and never

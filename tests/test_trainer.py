@@ -117,6 +117,55 @@ def test_streaming_memory_stays_within_the_shuffle_buffer(swaps):
     assert loader.chunk_reads["image_patches"] <= image_chunks + windows
 
 
+@pytest.fixture(scope="module")
+def many_chunks(tmp_path_factory):
+    """A store many loader windows long, in small chunks (8 rows), so a window spans dozens of chunks;
+    float32, so the rows outweigh the fixed cost of zarr's calls, as real encoders' rows do."""
+    root = tmp_path_factory.mktemp("many_chunks")
+    annotations, images = write_sugarcrepe_example(str(root / "data"), sizes={"swap_att": 3200}, n_images=3200,
+                                                   image_size=32, seed=2)
+    run_extract(annotations, "sugarcrepe", "train", root / "store", rows_per_shard=8, images_root=images,
+                request=EncoderRequest("vlcache-tiny", dtype="float32"))
+    return open_store(root / "store")
+
+
+PEAK_OF_AN_EPOCH = """
+import json, sys, tracemalloc
+from cache_schemas import open_store
+from trainer.data import BatchLoader, Examples
+store = open_store(sys.argv[1])
+space = store.space("vlcache-tiny")
+examples = Examples.from_dataset(space, store.dataset("train"))
+loader = BatchLoader(space, examples, frozenset({"image.patches", "text.tokens"}), batch_size=16,
+                     shuffle_buffer=400, prefetch=0)
+# The baseline: the store open and read once (zarr's event loop and codecs start on a first read)
+space.read("image_patches", examples.image[:1]), space.read_tokens(examples.caption[:1])
+tracemalloc.start()
+baseline, _ = tracemalloc.get_traced_memory()
+batches = 0
+for batch in loader:
+    if batch.epoch > 0:
+        break
+    batches += 1
+print(json.dumps({"peak": tracemalloc.get_traced_memory()[1] - baseline, "window": loader.max_window_bytes,
+                  "batches": batches, "items": len(examples)}))
+"""
+
+
+def test_streaming_peak_is_at_most_one_and_a_half_windows(many_chunks):
+    """Peak memory over an epoch (measured in a fresh interpreter: nothing else allocating) is the
+    window's rows, one batch in the caller's hands and a few chunks decoding: at most 1.5x the window
+    over the baseline, on a store several windows long."""
+    done = subprocess.run([sys.executable, "-c", PEAK_OF_AN_EPOCH, str(many_chunks.location.uri)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    measured = json.loads(done.stdout)
+    space = many_chunks.space("vlcache-tiny")
+    store_bytes = sum(space.nbytes_committed()[n] for n in ("image_patches", "text_tokens"))
+    assert measured["batches"] == measured["items"] // 16 and store_bytes > 5 * measured["window"]
+    assert measured["peak"] <= 1.5 * measured["window"], measured
+
+
 def _one_epoch(loader):
     for batch in loader:
         if batch.epoch > 0:

@@ -89,7 +89,7 @@ class WindowRows:
         self._data: dict[str, np.ndarray] = {}
         self.chunk_reads: Counter = Counter()
         self._tokens: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # (rows, flat, bounds)
-        for name in arrays:
+        for name in sorted(arrays, key=lambda n: n != "text_tokens"):  # its reads' overhead is the largest: before
             rows = np.unique(image_rows if self.space.layouts[name].kind == "images" else text_rows)
             if name == "text_tokens":
                 flat, lengths = space.read_tokens(rows)
@@ -112,11 +112,15 @@ class WindowRows:
         return self._data[name][np.searchsorted(self._rows[name], rows)]
 
     def tokens(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Concatenated real tokens of the text rows, and each text's length."""
+        """The text rows' real tokens padded to the longest, (n, L, D), and a mask of the real ones (n, L):
+        copied straight from the window, with no concatenated copy in between."""
         known, flat, bounds = self._tokens
         at = np.searchsorted(known, rows)
         lengths = bounds[at + 1] - bounds[at]
-        return np.concatenate([flat[bounds[i]:bounds[i + 1]] for i in at]), lengths
+        padded = np.zeros((len(rows), int(lengths.max(initial=0)), flat.shape[1]), dtype=flat.dtype)
+        for text, i in enumerate(at):
+            padded[text, :lengths[text]] = flat[bounds[i]:bounds[i + 1]]
+        return padded, np.arange(padded.shape[1])[None, :] < lengths[:, None]
 
 
 def _token_rows(space: SpaceEmbeddings, text_rows: np.ndarray) -> np.ndarray:
@@ -269,10 +273,7 @@ class BatchLoader:
         window = window or WindowRows(self.space, self._arrays("text"), np.empty(0, np.int64), rows)
         out = {}
         if "text.tokens" in self.needs:
-            flat, lengths = window.tokens(rows)
-            padded = np.zeros((len(rows), int(lengths.max()), flat.shape[1]), dtype=flat.dtype)
-            mask = np.arange(padded.shape[1])[None, :] < lengths[:, None]
-            padded[mask] = flat
+            padded, mask = window.tokens(rows)
             out["tokens"], out["mask"] = self._tensor(padded), torch.from_numpy(mask)
         if "text.global" in self.needs:
             out["global"] = self._tensor(window.rows("text_global", rows))
