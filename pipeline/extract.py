@@ -55,6 +55,7 @@ class ExtractOptions:
     progress: bool = True
     replace: bool = False  # a dataset of that name with other content is replaced, not refused
     wait: float = 3600.0  # seconds to wait while another extraction writes the same space
+    decode_processes: int = 0  # decode images in this many processes per worker (0: threads)
 
 
 @dataclass
@@ -199,7 +200,7 @@ def _encode(client: Client, space: SpaceEmbeddings, spec: EmbeddingSpace, cluste
     `spec` (described here) found them."""
     plans = {kind: pending_work(space, kind) for kind in ("images", "texts")}
     tasks = [ShardTask(space.location, space.key, kind, shard, rows, pretrained_of(spec), spec.tokenizer_path,
-                       options.device, options.batch_size, cluster.torch_threads())
+                       options.device, options.batch_size, cluster.torch_threads(), options.decode_processes)
              for kind in ("images", "texts") for shard, rows in plans[kind]]
     results: list[ShardResult] = []
     total = sum(t.rows.num_rows for t in tasks)

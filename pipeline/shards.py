@@ -6,13 +6,15 @@ record lands, so a worker killed mid-shard leaves nothing a reader can see."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
+import multiprocessing
 import os
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
@@ -47,6 +49,7 @@ class ShardTask:
     device: str = "auto"
     batch_size: int = 64
     torch_threads: int | None = None
+    decode_processes: int = 0  # 0: decode in threads of the worker
 
 
 class Stages(dict):
@@ -119,7 +122,8 @@ def _encode_images(space: SpaceEmbeddings, encoder: Encoder, task: ShardTask, st
     rows, n = task.rows, task.rows.num_rows
     out = {name: np.zeros((n, *space.layouts[name].row_shape), space.spec.dtype) for name in space.arrays("images")}
     errors: list[str | None] = [None] * n
-    for index, loaded in _prefetched(_decode_pool(), encoder, rows, task.batch_size, stages):
+    decoder = _decoder(encoder, task.decode_processes)
+    for index, loaded in _prefetched(decoder, rows, task.batch_size, stages):
         for i, x in zip(index, loaded):
             if isinstance(x, ImageError):
                 errors[i] = f"{x.stage}: {x}"
@@ -134,20 +138,62 @@ def _encode_images(space: SpaceEmbeddings, encoder: Encoder, task: ShardTask, st
     return sum(e is not None for e in errors)
 
 
+Decode = Callable[[str, str], Future]  # (uri, expected hash) -> the future pixels
+
+
+def _decoder(encoder: Encoder, processes: int) -> Decode:
+    """Where images decode. Threads of this process by default (PIL releases the interpreter lock while
+    it decodes and resizes); processes when asked and the encoder can build its preprocessing without
+    its model, so that no decoding holds the lock the thread launching a GPU's kernels needs."""
+    transform = type(encoder).image_transform(encoder.space) if processes else None
+    if transform is None:
+        return functools.partial(_thread_pool().submit, _load, encoder.preprocess, encoder.image_size)
+    pool = _process_pool((encoder.space.key, processes), transform, encoder.image_size)
+    return functools.partial(pool.submit, _decode_here)
+
+
 @cache
-def _decode_pool() -> ThreadPoolExecutor:
+def _thread_pool() -> ThreadPoolExecutor:
     """One pool per worker process, kept across shards."""
     return ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="vlcache-decode")
 
 
-def _prefetched(pool: ThreadPoolExecutor, encoder: Encoder, rows: pa.Table, batch_size: int, stages: Stages
+_PROCESS_POOLS: dict[tuple, ProcessPoolExecutor] = {}
+
+
+def _process_pool(key: tuple[str, int], transform: Callable, size: int) -> ProcessPoolExecutor:
+    """One pool per worker process, space and size, kept across shards. Started by a fork server:
+    forking this process, threads and all, could deadlock."""
+    if key not in _PROCESS_POOLS:
+        for pool in _PROCESS_POOLS.values():
+            pool.shutdown(cancel_futures=True)
+        _PROCESS_POOLS.clear()
+        _PROCESS_POOLS[key] = ProcessPoolExecutor(key[1], mp_context=multiprocessing.get_context("forkserver"),
+                                                  initializer=_start_decoding, initargs=(transform, size))
+    return _PROCESS_POOLS[key]
+
+
+_PROCESS_DECODER: list[Callable] = []  # in a decode process: its preprocessing, set once by _start_decoding
+
+
+def _start_decoding(transform: Callable, size: int) -> None:
+    _PROCESS_DECODER.append(functools.partial(_load, transform, size))
+
+
+def _decode_here(uri: str, expected_hash: str) -> np.ndarray | tuple[str, str]:
+    """In a decode process: the pixels as a plain array (cheap to send back), or the error's stage and message."""
+    loaded = _PROCESS_DECODER[0](uri, expected_hash)
+    return (loaded.stage, str(loaded)) if isinstance(loaded, ImageError) else loaded.numpy()
+
+
+def _prefetched(decode: Decode, rows: pa.Table, batch_size: int, stages: Stages
                 ) -> Iterator[tuple[list[int], list[torch.Tensor | ImageError]]]:
     """Decoded batches in order, the next batch decoding while the caller encodes this one."""
     uris, hashes = rows["uri"].to_pylist(), rows["hash"].to_pylist()
     batches = [list(range(i, min(i + batch_size, len(uris)))) for i in range(0, len(uris), batch_size)]
     queue: deque[tuple[list[int], list[Future]]] = deque()
     for index in batches:
-        queue.append((index, [pool.submit(_load, encoder, uris[i], hashes[i]) for i in index]))
+        queue.append((index, [decode(uris[i], hashes[i]) for i in index]))
         if len(queue) > 1:
             yield _ready(queue.popleft(), stages)
     while queue:
@@ -157,15 +203,24 @@ def _prefetched(pool: ThreadPoolExecutor, encoder: Encoder, rows: pa.Table, batc
 def _ready(batch: tuple[list[int], list[Future]], stages: Stages) -> tuple[list[int], list]:
     index, futures = batch
     with stages.time("decode_wait"):
-        return index, [f.result() for f in futures]
+        return index, [_pixels(f.result()) for f in futures]
 
 
-def _load(encoder: Encoder, uri: str, expected_hash: str) -> torch.Tensor | ImageError:
+def _pixels(loaded) -> torch.Tensor | ImageError:
+    """What a decode thread or process returned, as encode_images takes it."""
+    if isinstance(loaded, np.ndarray):
+        return torch.from_numpy(loaded)
+    if isinstance(loaded, tuple):
+        return ImageError(*loaded)
+    return loaded
+
+
+def _load(preprocess: Callable, size: int, uri: str, expected_hash: str) -> torch.Tensor | ImageError:
     try:
         data = read_bytes(uri)
         if hashlib.sha256(data).hexdigest() != expected_hash:
             raise ImageError("read", "file changed since it was hashed; rerun extract to pick up the new content")
-        return encoder.preprocess(decode(data, encoder.image_size))
+        return preprocess(decode(data, size))
     except ImageError as exc:
         return exc
 

@@ -193,3 +193,30 @@ def test_images_inside_parquet_and_tar_hash_and_dedup_exactly_like_files(tmp_pat
     skipped = opened.dataset("shards").errors.to_pylist()
     assert [(e["stage"], e["message"]) for e in skipped] == [("source", "no caption (.txt, or a .json with a caption)")]
     assert verify(opened).ok
+
+
+def test_decoding_in_processes_stores_the_same_bits_and_errors_as_threads(tmp_path, small_sugarcrepe):
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    annotations, images = small_sugarcrepe
+    buffer = io.BytesIO()
+    Image.effect_noise((64, 64), 40).convert("RGB").save(buffer, format="PNG")
+    truncated = buffer.getvalue()[: len(buffer.getvalue()) // 2]  # its header reads: it fails only to decode
+    broken = tmp_path / "broken.parquet"
+    pq.write_table(pa.table({"image": [truncated, buffer.getvalue()], "caption": ["truncated", "whole"]}), broken)
+    stores = {}
+    for processes in (0, 2):
+        stores[processes] = store = tmp_path / f"store-{processes}"
+        run_extract(annotations, "sugarcrepe", "sc", store, images_root=images, decode_processes=processes)
+        assert run_extract(broken, "parquet", "broken", store, decode_processes=processes).failed == 1
+    threads, processes = (open_store(stores[n]) for n in (0, 2))
+    a, b = threads.space("vlcache-tiny"), processes.space("vlcache-tiny")
+    assert a.images().equals(b.images())
+    for name in a.arrays("images"):
+        rows = a.images()["row"].to_numpy()
+        assert np.array_equal(a.read(name, rows), b.read(name, rows))
+    assert a.errors().equals(b.errors()) and a.errors()["stage"].to_pylist() == ["decode"]

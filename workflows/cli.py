@@ -150,6 +150,9 @@ class SourcePath(click.Path):
 @click.option("--worker-wait", type=click.FloatRange(min=0), default=600, show_default=True,
               help="Seconds SLURM jobs or an existing scheduler may take to bring a first worker.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--decode-processes", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Decode images in this many processes per worker, not threads (0): for a GPU that encodes "
+                   "faster than decoding threads let it.")
 @device_option
 @click.option("--rows-per-shard", type=click.IntRange(min=1), default=1024, show_default=True,
               help="Rows per shard: the unit of work, commit and resume (fixed when a space is created).")
@@ -169,8 +172,8 @@ class SourcePath(click.Path):
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def extract(source, fmt, dataset, model, encoder, pretrained, store_uri, storage_options, images_root, image_column,
             caption_column, separator, split, workers, threads, scheduler_address, slurm_jobs, worker_wait, batch_size,
-            device, rows_per_shard, tokens, tokenizer, layer, projected, dtype, retry_failed, replace, wait, as_json,
-            quiet) -> None:
+            decode_processes, device, rows_per_shard, tokens, tokenizer, layer, projected, dtype, retry_failed, replace,
+            wait, as_json, quiet) -> None:
     """Encode SOURCE's unique images and texts into the store, once per encoder."""
     from pipeline.cluster import ClusterConfig
     from pipeline.encoders import EncoderRequest
@@ -184,7 +187,7 @@ def extract(source, fmt, dataset, model, encoder, pretrained, store_uri, storage
         source, fmt, dataset, request, store_uri, images_root=images_root, split=split,
         cluster=ClusterConfig(scheduler_address, slurm_jobs, workers, threads, worker_wait=worker_wait),
         options=ExtractOptions(batch_size, device, rows_per_shard, retry_failed, progress=not quiet, replace=replace,
-                               wait=wait),
+                               wait=wait, decode_processes=decode_processes),
         reader=ReaderOptions(image_column, caption_column, separator), storage_options=storage_options,
     )
     click.echo(json.dumps(summary.to_json(), indent=2) if as_json else "\n".join(summary.lines()))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,6 +80,12 @@ class Encoder(ABC):
         """The input side; images are decoded with it as a draft size (JPEG decodes smaller, faster)."""
         size = self.space.preprocess["size"]
         return int(size if isinstance(size, int) else max(size))
+
+    @classmethod
+    def image_transform(cls, space: EmbeddingSpace) -> Callable[[Image.Image], torch.Tensor] | None:
+        """`preprocess` built from the space alone and picklable, for decode processes, which hold no
+        model (`extract --decode-processes`); None, the default, decodes in threads instead."""
+        return None
 
     @abstractmethod
     def preprocess(self, image: Image.Image) -> torch.Tensor:

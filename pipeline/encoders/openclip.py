@@ -49,6 +49,22 @@ def _split_transform(transform: transforms.Compose) -> tuple[transforms.Compose,
     return transforms.Compose(steps), tuple(normalize.mean), tuple(normalize.std)
 
 
+def _eval_transform(space: EmbeddingSpace) -> transforms.Compose:
+    return image_transform_v2(PreprocessCfg(**{k: v for k, v in space.preprocess.items() if k != "load"}),
+                              is_train=False)
+
+
+class _Pixels:
+    """The PIL steps of open_clip's eval transform (resize, crop), as a uint8 (3, H, W) tensor. Holds no
+    model: decode processes receive a copy."""
+
+    def __init__(self, steps: transforms.Compose):
+        self.steps = steps
+
+    def __call__(self, image) -> torch.Tensor:
+        return torch.from_numpy(np.array(self.steps(image))).permute(2, 0, 1)
+
+
 def check_model(name: str) -> None:
     if name.startswith(("hf-hub:", "local-dir:")) or name in open_clip.list_models():
         return
@@ -282,16 +298,19 @@ class OpenClipEncoder(Encoder):
                                                 force_quick_gelu=bool(tag_cfg.get("quick_gelu", False))).eval()
         self.blocks = _n_blocks(self.model)
         self.model.requires_grad_(False)
-        cfg = {k: v for k, v in space.preprocess.items() if k != "load"}
-        self._image_steps, self._mean, self._std = _split_transform(
-            image_transform_v2(PreprocessCfg(**cfg), is_train=False))
+        steps, self._mean, self._std = _split_transform(_eval_transform(space))
+        self._pixels = _Pixels(steps)
         self.text_tower = _TextTower.of(self.model)
+
+    @classmethod
+    def image_transform(cls, space: EmbeddingSpace) -> _Pixels:
+        return _Pixels(_split_transform(_eval_transform(space))[0])
 
     def preprocess(self, image):
         """The transform's image steps (resize, crop) only: a uint8 (3, H, W) tensor. Scaling and
         normalising run batched where the batch is encoded (on the GPU there), not image by image in
         the decode threads, where they held the interpreter lock the encoding thread needs."""
-        return torch.from_numpy(np.array(self._image_steps(image))).permute(2, 0, 1)
+        return self._pixels(image)
 
     def _normalised(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 pixels as ToTensor then Normalize make them (the same float32 operations); float
