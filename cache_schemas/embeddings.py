@@ -39,7 +39,9 @@ PART_SCHEMAS = {"images": tables.IMAGE_PART, "texts": tables.TEXT_PART}
 # What one zarr call of a read may decode, as a share of the bytes the read returns (at least one
 # chunk): a read's transient memory stays a small part of its result.
 BLOCK_SHARE = 1 / 32
-CHECK_STEPS = 16  # the check reads rows in this many steps, so its temporaries are a sixteenth of a read
+# The check takes a read's rows in sixteenths (its temporaries stay a small part of the read), but
+# never in steps under CHECK_STEP_BYTES (each numpy call has a fixed cost that small reads feel).
+CHECK_STEPS, CHECK_STEP_BYTES = 16, 1 << 17
 CHECK_AT_MOST = 64  # uncovered planned shards checked one by one; more, and the parts folder is listed
 VIEW_SCHEMAS = {"images": tables.IMAGES, "texts": tables.TEXTS}
 ERROR_STAGE = {"images": "decode", "texts": "tokenize"}
@@ -58,7 +60,7 @@ def _zero_or_non_finite_rows(data: np.ndarray) -> np.ndarray:
     unsigned, magnitude, infinity = _FLOAT_BITS[data.dtype]
     flat = np.ascontiguousarray(data).reshape(len(data), -1).view(unsigned)
     largest = np.empty(len(flat), unsigned)
-    step = max(1, -(-len(flat) // CHECK_STEPS))
+    step = max(1, -(-len(flat) // CHECK_STEPS), CHECK_STEP_BYTES // max(1, flat[:1].nbytes))
     for i in range(0, len(flat), step):
         largest[i:i + step] = (flat[i:i + step] & unsigned(magnitude)).max(axis=1)
     return (largest == 0) | (largest >= infinity)
@@ -76,6 +78,7 @@ class SpaceEmbeddings:
         self.geometry = geometry
         self.writable = writable
         self.layouts: dict[str, ArrayLayout] = {a.name: a for a in array_layouts(spec)}
+        self._read_shards: dict[Kind, tuple[set[int], list[int]]] = {}  # a reader's snapshot, as _parts is
 
     def __repr__(self) -> str:
         return f"SpaceEmbeddings({self.key!r})"
@@ -164,7 +167,13 @@ class SpaceEmbeddings:
     def _shards(self, kind: Kind) -> tuple[set[int], list[int]]:
         """(planned, committed). With an index, the committed shards are those it covers plus those of
         the few planned shards it does not cover whose part exists, so no listing of every commit ever
-        made; without one, or while many shards are uncovered (an extraction under way), the listing."""
+        made; without one, or while many shards are uncovered (an extraction under way), the listing.
+        A reader works from one snapshot; a writer looks again each time."""
+        if kind not in self._read_shards or self.writable:
+            self._read_shards[kind] = self._find_shards(kind)
+        return self._read_shards[kind]
+
+    def _find_shards(self, kind: Kind) -> tuple[set[int], list[int]]:
         planned = set((self.plan(kind)["row"].to_numpy() // self.geometry.rows_per_shard).tolist())
         covered = self.indexed_shards(kind)
         uncovered = planned - covered if covered is not None else planned

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from .gc import referenced
 from .store import Store
 
@@ -34,24 +37,31 @@ def _dataset(store: Store, name: str) -> dict[str, Any]:
             "subsets": sorted(set(dataset.items["subset"].to_pylist())), "source": dataset.manifest["source"]}
 
 
+def _count_in(values: pa.ChunkedArray, value_set: pa.Array | pa.ChunkedArray) -> int:
+    """How many of `values` are in `value_set`, in Arrow (a space's rows can number millions)."""
+    if isinstance(value_set, pa.ChunkedArray):
+        value_set = value_set.combine_chunks()
+    return int(pc.sum(pc.is_in(values, value_set=value_set)).as_py() or 0)
+
+
 def _space(store: Store, key: str, disk_bytes: bool) -> dict[str, Any]:
     space = store.space(key)
-    images, texts = set(space.images()["hash"].to_pylist()), set(space.texts()["hash"].to_pylist())
+    hashes = {"images": space.images()["hash"], "texts": space.texts()["hash"]}
     coverage, needed = {}, referenced(store)
     for name in store.dataset_names():
         dataset = store.dataset(name)
-        coverage[name] = {
-            "images": sum(h in images for h in dataset.images["hash"].to_pylist()),
-            "texts": sum(h in texts for h in dataset.texts["hash"].to_pylist()),
-        }
+        coverage[name] = {"images": _count_in(dataset.images["hash"], hashes["images"]),
+                          "texts": _count_in(dataset.texts["hash"], hashes["texts"])}
+    unreferenced = {kind: len(hashes[kind]) - _count_in(hashes[kind], pa.array(sorted(needed[kind]), pa.string()))
+                    for kind in hashes}
     committed = space.nbytes_committed()
     on_disk = space.nbytes_stored() if disk_bytes else None
     return {
         "model": space.spec.model,
         "description": space.spec.describe(),
         "spec": space.spec.to_json(),
-        "images": len(images),
-        "texts": len(texts),
+        "images": len(hashes["images"]),
+        "texts": len(hashes["texts"]),
         "failed": space.errors().num_rows,
         "shards": {kind: len(space.committed_shards(kind)) for kind in ("images", "texts")},
         "pending_shards": {kind: len(space.pending_shards(kind)) for kind in ("images", "texts")},
@@ -60,5 +70,5 @@ def _space(store: Store, key: str, disk_bytes: bool) -> dict[str, Any]:
         "datasets": coverage,
         # Stored rows no dataset refers to any more (after `cache rm` or `--replace`): kept (reused if a
         # dataset brings that content back) until `vlcache cache gc --collect`.
-        "unreferenced": {"images": len(images - needed["images"]), "texts": len(texts - needed["texts"])},
+        "unreferenced": unreferenced,
     }
