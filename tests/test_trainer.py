@@ -166,6 +166,31 @@ def test_streaming_peak_is_at_most_one_and_a_half_windows(many_chunks):
     assert measured["peak"] <= 1.5 * measured["window"], measured
 
 
+def test_a_resident_loader_gives_the_streamed_batches_and_reads_each_chunk_once(swaps):
+    store_path, _ = swaps
+    space = open_store(store_path).space("vlcache-tiny")
+    examples = Examples.from_dataset(space, open_store(store_path).dataset("train"))
+    needs = frozenset({"image.patches", "image.global", "text.tokens", "text.global"})
+    streamed = BatchLoader(space, examples, needs, batch_size=8, shuffle_buffer=32, prefetch=0)
+    resident = BatchLoader(space, examples, needs, batch_size=8, shuffle_buffer=32, prefetch=1, resident_mb=64)
+    too_small = BatchLoader(space, examples, needs, batch_size=8, resident_mb=resident.rows_bytes() / 2**20 / 2)
+    assert resident.resident and not streamed.resident and not too_small.resident
+    reads = None
+    for a, b in zip(streamed, resident):
+        assert (a.epoch, a.position) == (b.epoch, b.position) and np.array_equal(a.examples, b.examples)
+        for name in ("images", "texts"):
+            assert getattr(a, name).keys() == getattr(b, name).keys()
+            assert all(torch.equal(getattr(a, name)[k], getattr(b, name)[k]) for k in getattr(a, name))
+        for name in ("image_rows", "text_rows", "positive", "negatives", "negative_images"):
+            assert torch.equal(getattr(a, name), getattr(b, name)), name
+        reads = reads or dict(resident.chunk_reads)  # everything, read with the first batch
+        if a.epoch == 2:
+            break
+    image_chunks = np.unique(examples.image // space.geometry.chunk_rows)
+    assert dict(resident.chunk_reads) == reads and reads["image_patches"] == len(image_chunks)
+    assert resident.max_window_bytes == resident.rows_bytes()  # the estimate is what was read
+
+
 def _one_epoch(loader):
     for batch in loader:
         if batch.epoch > 0:

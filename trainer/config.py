@@ -29,6 +29,7 @@ class TrainConfig(Settings):
     in_batch_negatives: int = setting(8, 0)  # other items' captions (and images) scored with each query
     hard_negatives: bool = True  # refuse a dataset without negative captions
     shuffle_buffer: int = setting(2048, 1)  # items
+    resident_mb: float = setting(4096, 0)  # a dataset whose rows fit is read once and kept on the device; 0: stream
     eval_every: int = setting(500, 1)
     checkpoint_every: int = setting(500, 1)
     log_every: int = setting(10, 1)

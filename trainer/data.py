@@ -9,11 +9,13 @@ reading them."""
 
 from __future__ import annotations
 
+import copy
 import queue
 import threading
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
+from functools import cached_property
 
 import numpy as np
 import pyarrow.compute as pc
@@ -108,19 +110,34 @@ class WindowRows:
         tokens = self._tokens[1].nbytes if self._tokens is not None else 0
         return sum(d.nbytes for d in self._data.values()) + tokens
 
-    def rows(self, name: str, rows: np.ndarray) -> np.ndarray:
-        return self._data[name][np.searchsorted(self._rows[name], rows)]
+    def to(self, device: torch.device) -> WindowRows:
+        """The same rows as tensors on `device`, where batches are then gathered (a resident loader)."""
+        moved = copy.copy(self)
+        moved._data = {name: torch.from_numpy(data).to(device) for name, data in self._data.items()}
+        if self._tokens is not None:
+            known, flat, bounds = self._tokens
+            moved._tokens = (known, torch.from_numpy(flat).to(device), bounds)
+        return moved
 
-    def tokens(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def rows(self, name: str, rows: np.ndarray) -> np.ndarray | torch.Tensor:
+        return _take(self._data[name], np.searchsorted(self._rows[name], rows))
+
+    def tokens(self, rows: np.ndarray) -> tuple[np.ndarray | torch.Tensor, np.ndarray]:
         """The text rows' real tokens padded to the longest, (n, L, D), and a mask of the real ones (n, L):
-        copied straight from the window, with no concatenated copy in between."""
+        one gather from the window, with no concatenated copy in between."""
         known, flat, bounds = self._tokens
         at = np.searchsorted(known, rows)
-        lengths = bounds[at + 1] - bounds[at]
-        padded = np.zeros((len(rows), int(lengths.max(initial=0)), flat.shape[1]), dtype=flat.dtype)
-        for text, i in enumerate(at):
-            padded[text, :lengths[text]] = flat[bounds[i]:bounds[i + 1]]
-        return padded, np.arange(padded.shape[1])[None, :] < lengths[:, None]
+        starts, lengths = bounds[at], bounds[at + 1] - bounds[at]
+        positions = np.arange(int(lengths.max(initial=0)))
+        mask = positions[None, :] < lengths[:, None]
+        padded = _take(flat, np.where(mask, starts[:, None] + positions[None, :], 0))
+        padded[~(torch.from_numpy(mask).to(padded.device) if isinstance(padded, torch.Tensor) else mask)] = 0
+        return padded, mask
+
+
+def _take(data: np.ndarray | torch.Tensor, index: np.ndarray) -> np.ndarray | torch.Tensor:
+    """Rows of a window's array, numpy or a tensor on any device."""
+    return data[torch.from_numpy(index).to(data.device)] if isinstance(data, torch.Tensor) else data[index]
 
 
 def _token_rows(space: SpaceEmbeddings, text_rows: np.ndarray) -> np.ndarray:
@@ -175,10 +192,32 @@ class BatchLoader:
     pin_memory: bool = False
     prefetch: int = 2
     state: LoaderState = field(default_factory=LoaderState)
+    # Examples whose rows take at most this many MB are read once and kept on `device`, where every
+    # batch is then gathered: no reading after the first window, and no copy to the device per batch.
+    resident_mb: float = 0
+    device: torch.device | str = "cpu"
 
     def __post_init__(self) -> None:
         self.chunk_reads: Counter = Counter()  # Zarr chunks decoded, per array
         self.max_window_bytes = 0
+        self._resident_rows: WindowRows | None = None
+
+    @cached_property
+    def resident(self) -> bool:
+        return self.resident_mb > 0 and self.rows_bytes() <= self.resident_mb * 2**20
+
+    def rows_bytes(self) -> int:
+        """The bytes of every row the examples name, in the arrays this loader reads."""
+        ex = self.examples
+        named = {"images": np.concatenate([ex.image, ex.negative_images.ravel()]),
+                 "texts": np.concatenate([ex.caption, ex.negatives.ravel()])}
+        unique = {kind: np.unique(rows[rows >= 0]) for kind, rows in named.items()}
+        total, token_counts = 0, self.space.token_index()[1]
+        for name in self._arrays("image") + self._arrays("text"):
+            layout = self.space.layouts[name]
+            count = int(token_counts[unique["texts"]].sum()) if layout.ragged else len(unique[layout.kind])
+            total += count * int(np.prod(layout.row_shape)) * np.dtype(self.space.spec.dtype).itemsize
+        return total
 
     @property
     def window_batches(self) -> int:
@@ -217,7 +256,8 @@ class BatchLoader:
             order = self.epoch_order(self.state.epoch)
             resume_at = self.state.batch
             for start in range(resume_at - resume_at % per_window, len(order), per_window):
-                rows = self._read(np.concatenate(order[start:start + per_window]))
+                items = np.concatenate(order[start:start + per_window])
+                rows = self._resident() if self.resident else self._read(items)
                 for position in range(max(start, resume_at), min(start + per_window, len(order))):
                     batch = self.collate(order[position], self.state.epoch, position, rows)
                     self.state.batch = position + 1
@@ -226,6 +266,12 @@ class BatchLoader:
             if not self.shuffle:
                 return
             self.state = LoaderState(self.state.epoch + 1, 0)
+
+    def _resident(self) -> WindowRows:
+        """Every example's rows, read on first use and kept on the device."""
+        if self._resident_rows is None:
+            self._resident_rows = self._read(np.arange(len(self.examples))).to(torch.device(self.device))
+        return self._resident_rows
 
     def _read(self, items: np.ndarray) -> WindowRows:
         """Every row that these items' batches will need, in one read per array."""
@@ -279,7 +325,9 @@ class BatchLoader:
             out["global"] = self._tensor(window.rows("text_global", rows))
         return out
 
-    def _tensor(self, array: np.ndarray) -> torch.Tensor:
+    def _tensor(self, array: np.ndarray | torch.Tensor) -> torch.Tensor:
+        if isinstance(array, torch.Tensor):  # gathered from a resident window: already where it trains
+            return array
         tensor = torch.from_numpy(array)
         return tensor.pin_memory() if self.pin_memory else tensor
 

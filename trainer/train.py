@@ -68,7 +68,8 @@ def train(store_uri: str, dataset: str, head_name: str, out: str, *, space_key: 
     if resume:
         step, loader_state = _restore(run["checkpoint"], head, optimizer, scheduler)
     loader = BatchLoader(space, examples, head.needs, cfg.batch_size, cfg.shuffle_buffer, cfg.seed,
-                         pin_memory=torch_device.type == "cuda", state=loader_state)
+                         pin_memory=torch_device.type == "cuda", state=loader_state, resident_mb=cfg.resident_mb,
+                         device=torch_device)
     state = {"head": head_name, "head_config": head.config.to_json(), "train": cfg.to_json(), "space_key": space.key,
              "store": store_uri, "dataset": dataset, "split": split, "eval_datasets": list(eval_datasets),
              "parameters": head.n_parameters(), "items": len(examples)}
