@@ -26,6 +26,7 @@ from trainer.data import BatchLoader, Examples
 from workflows.examples import write_sugarcrepe_example
 
 NEEDS = frozenset({"image.patches", "text.tokens"})
+REPEATS = 3  # epochs and raw reads: the best of this many
 
 
 class _PermutationLoader(BatchLoader):
@@ -87,9 +88,9 @@ def raw_read(space) -> dict[str, float]:
 
 def read_checks(space, batches: list[np.ndarray], name: str = "image_patches") -> dict[str, float]:
     """Seconds to read `batches` of rows three ways, side by side."""
-    def raw() -> None:
+    def raw() -> None:  # the same reads (chunk-aligned slices), without the check
         for rows in batches:
-            space.array(name).oindex[np.unique(rows)]
+            space._read_rows(name, np.unique(rows))
 
     def checked() -> None:  # what SpaceEmbeddings.read does on every read
         for rows in batches:
@@ -143,13 +144,14 @@ def main() -> None:
         for name, cls, source in (("block shuffle", BatchLoader, space),
                                   ("random permutation", _PermutationLoader, space),
                                   ("block shuffle, zarr orthogonal indexing", BatchLoader, oindex)):
-            loader = cls(source, examples, NEEDS, batch_size=64, shuffle_buffer=args.buffer, prefetch=0)
-            results[name] = one_epoch(loader)
+            epochs = [one_epoch(cls(source, examples, NEEDS, batch_size=64, shuffle_buffer=args.buffer, prefetch=0))
+                      for _ in range(REPEATS)]
+            results[name] = min(epochs, key=lambda r: r["seconds"])
         resident = BatchLoader(space, examples, NEEDS, batch_size=64, shuffle_buffer=args.buffer, prefetch=0,
                                resident_mb=1e9, device=args.train_device)
         results["resident: the first epoch (reads every row)"] = one_epoch(resident)
         results["resident: the next epoch"] = one_epoch(resident, epoch=1)
-        raw = raw_read(space)
+        raw = min((raw_read(space) for _ in range(REPEATS)), key=lambda r: r["seconds"])
         memory = peak_memory(space, examples, args.buffer)
         store_mb = sum(space.nbytes_committed()[n] for n in ("image_patches", "text_tokens")) / 1e6
         rows = np.random.default_rng(0).permutation(space.images()["row"].to_numpy())
@@ -172,7 +174,8 @@ def main() -> None:
     lines += [f"- traced peak over one epoch (prefetch off) / the largest window: {memory['peak_over_window']:.2f}x "
               f"(window {memory['window_mb']:.1f} MB, store {store_mb:.0f} MB)"]
     results["read checks (seconds, one pass of random batches of 64 over image_patches)"] = checks
-    lines += ["", "| reading every image row once, random batches of 64 | time vs no check |", "|---|---:|"]
+    lines += ["", "| reading every image row once, random batches of 64, the same slices | time vs no check |",
+              "|---|---:|"]
     lines += [f"| {label} | {seconds / checks['no check']:.2f}x |" for label, seconds in checks.items()]
     publish(args.out, "loader_bench", results, "\n".join(lines) + "\n")
 

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Train the heads on one GPU from a cache: no encoder runs, only cached tensors stream in.
-# The library defaults (trainer/configs/*.json) are sized for a GPU: tflocal ~11M parameters.
+# Library defaults: trainer/configs/*.json and each head's Config (tflocal: about 0.8M parameters at
+# ViT-B-32 widths). A training set whose cached rows fit resident_mb (4,096 MB) is read once and kept
+# on the GPU; a larger one streams in windows (raise resident_mb in --config to keep it resident).
 set -euo pipefail
 STORE=${STORE:-caches/main}
 TRAIN=${TRAIN:-coco-train}
