@@ -15,6 +15,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
@@ -148,7 +149,7 @@ def _decoder(encoder: Encoder, processes: int) -> Decode:
     transform = type(encoder).image_transform(encoder.space) if processes else None
     if transform is None:
         return functools.partial(_thread_pool().submit, _load, encoder.preprocess, encoder.image_size)
-    pool = _process_pool((encoder.space.key, processes), transform, encoder.image_size)
+    pool = _process_pool(encoder.space.key, processes, transform, encoder.image_size)
     return functools.partial(pool.submit, _decode_here)
 
 
@@ -162,23 +163,27 @@ _PROCESS_POOLS: dict[tuple, ProcessPoolExecutor] = {}
 _PROCESS_POOLS_LOCK = threading.Lock()
 
 
-def _process_pool(key: tuple[str, int], transform: Callable, size: int) -> ProcessPoolExecutor:
+def _process_pool(space_key: str, processes: int, transform: Callable, size: int) -> ProcessPoolExecutor:
     """One pool per worker process and space, kept across shards. Its processes fork from a fork server
     (forking this process, threads and all, could deadlock) that imports what decoding needs once, so
     each process starts in milliseconds instead of importing torch for itself."""
     with _PROCESS_POOLS_LOCK:  # a worker's threads share it
-        if key not in _PROCESS_POOLS:
-            for pool in _PROCESS_POOLS.values():
-                pool.shutdown(cancel_futures=True)
-            _PROCESS_POOLS.clear()
+        if (space_key, processes) not in _PROCESS_POOLS:
+            _close_process_pools()
             context = multiprocessing.get_context("forkserver")
             context.set_forkserver_preload([__name__, type(transform).__module__])
-            pool = ProcessPoolExecutor(key[1], mp_context=context, initializer=_start_decoding,
+            pool = ProcessPoolExecutor(processes, mp_context=context, initializer=_start_decoding,
                                        initargs=(transform, size))
-            for _ in range(key[1]):  # every process starts now, not one by one as the first batch arrives
+            for _ in range(processes):  # every process starts now, not one by one as the first batch arrives
                 pool.submit(os.getpid)
-            _PROCESS_POOLS[key] = pool
-        return _PROCESS_POOLS[key]
+            _PROCESS_POOLS[space_key, processes] = pool
+        return _PROCESS_POOLS[space_key, processes]
+
+
+def _close_process_pools() -> None:
+    for pool in _PROCESS_POOLS.values():
+        pool.shutdown(wait=False, cancel_futures=True)
+    _PROCESS_POOLS.clear()
 
 
 _PROCESS_DECODER: list[Callable] = []  # in a decode process: its preprocessing, set once by _start_decoding
@@ -211,7 +216,12 @@ def _prefetched(decode: Decode, rows: pa.Table, batch_size: int, stages: Stages
 def _ready(batch: tuple[list[int], list[Future]], stages: Stages) -> tuple[list[int], list]:
     index, futures = batch
     with stages.time("decode_wait"):
-        return index, [_pixels(f.result()) for f in futures]
+        try:
+            return index, [_pixels(f.result()) for f in futures]
+        except BrokenProcessPool:  # a decode process died (killed, out of memory): the next shard starts anew
+            with _PROCESS_POOLS_LOCK:
+                _close_process_pools()
+            raise
 
 
 def _pixels(loaded) -> torch.Tensor | ImageError:

@@ -220,3 +220,25 @@ def test_decoding_in_processes_stores_the_same_bits_and_errors_as_threads(tmp_pa
         rows = a.images()["row"].to_numpy()
         assert np.array_equal(a.read(name, rows), b.read(name, rows))
     assert a.errors().equals(b.errors()) and a.errors()["stage"].to_pylist() == ["decode"]
+
+
+def test_a_dead_decode_process_fails_its_batch_and_the_next_shard_gets_a_new_pool(tmp_path, small_sugarcrepe):
+    from concurrent.futures.process import BrokenProcessPool
+
+    from pipeline import shards
+
+    annotations, images = small_sugarcrepe
+    store = tmp_path / "store"
+    run_extract(annotations, "sugarcrepe", "sc", store, images_root=images)
+    space = open_store(store).space("vlcache-tiny")
+    encoder = load_encoder(space.spec, None, "cpu")
+    shards._decoder(encoder, 2)
+    dying = next(iter(shards._PROCESS_POOLS.values())).submit(os._exit, 1)  # a decode process killed
+    with pytest.raises(BrokenProcessPool):
+        shards._ready(([0], [dying]), shards.Stages())
+    assert not shards._PROCESS_POOLS
+    first = space.images().slice(0, 1)
+    decode_image = shards._decoder(encoder, 2)
+    pixels = shards._pixels(decode_image(first["uri"][0].as_py(), first["hash"][0].as_py()).result())
+    expected = encoder.preprocess(decode(read_bytes(first["uri"][0].as_py()), encoder.image_size))
+    assert torch.equal(pixels, expected)
