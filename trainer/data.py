@@ -4,8 +4,9 @@ Order (a block shuffle, as streaming loaders do): items are grouped by the Zarr 
 image, the groups are shuffled, and the resulting stream is cut into windows of `shuffle_buffer` items,
 each shuffled on its own. Reading: a window's rows are read together, so each chunk it touches is
 decoded once, and only the rows the window uses are kept: memory is the window, whatever the store's
-size. The order depends only on (seed, epoch), so a run resumes mid-epoch by skipping batches without
-reading them."""
+size. A dataset whose rows fit `resident_mb` is instead read once and kept on the training device,
+where batches are gathered: the same batches, no reading after the first. The order depends only on
+(seed, epoch), so a run resumes mid-epoch by skipping batches without reading them."""
 
 from __future__ import annotations
 
