@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from cache_schemas import open_store, verify
+from pipeline.cluster import ClusterConfig
 from pipeline.encoders import load_encoder
 from pipeline.images import decode, read_bytes
 from workflows.cli import main
@@ -208,18 +209,22 @@ def test_decoding_in_processes_stores_the_same_bits_and_errors_as_threads(tmp_pa
     truncated = buffer.getvalue()[: len(buffer.getvalue()) // 2]  # its header reads: it fails only to decode
     broken = tmp_path / "broken.parquet"
     pq.write_table(pa.table({"image": [truncated, buffer.getvalue()], "caption": ["truncated", "whole"]}), broken)
-    stores = {}
-    for processes in (0, 2):
-        stores[processes] = store = tmp_path / f"store-{processes}"
-        run_extract(annotations, "sugarcrepe", "sc", store, images_root=images, decode_processes=processes)
-        assert run_extract(broken, "parquet", "broken", store, decode_processes=processes).failed == 1
-    threads, processes = (open_store(stores[n]) for n in (0, 2))
-    a, b = threads.space("vlcache-tiny"), processes.space("vlcache-tiny")
-    assert a.images().equals(b.images())
-    for name in a.arrays("images"):
-        rows = a.images()["row"].to_numpy()
-        assert np.array_equal(a.read(name, rows), b.read(name, rows))
-    assert a.errors().equals(b.errors()) and a.errors()["stage"].to_pylist() == ["decode"]
+    spaces = []
+    # decode threads; 2 decode processes; the same with 2 worker threads sharing one pool of them
+    for processes, threads in ((0, 1), (2, 1), (2, 2)):
+        store = tmp_path / f"store-{processes}-{threads}"
+        cluster = ClusterConfig(threads_per_worker=threads, processes=False)
+        run_extract(annotations, "sugarcrepe", "sc", store, images_root=images, decode_processes=processes,
+                    cluster=cluster)
+        assert run_extract(broken, "parquet", "broken", store, decode_processes=processes, cluster=cluster).failed == 1
+        spaces.append(open_store(store).space("vlcache-tiny"))
+    a = spaces[0]
+    assert a.errors()["stage"].to_pylist() == ["decode"]
+    for b in spaces[1:]:
+        assert a.images().equals(b.images()) and a.errors().equals(b.errors())
+        for name in a.arrays("images"):
+            rows = a.images()["row"].to_numpy()
+            assert np.array_equal(a.read(name, rows), b.read(name, rows))
 
 
 def test_a_dead_decode_process_fails_its_batch_and_the_next_shard_gets_a_new_pool(tmp_path, small_sugarcrepe):
