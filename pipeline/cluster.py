@@ -4,6 +4,7 @@ e.g. ~/.config/dask/jobqueue.yaml; see workflows/recipes/jobqueue.yaml)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -25,7 +26,8 @@ class ClusterConfig:
     scheduler_address: str | None = None
     slurm_jobs: int = 0
     workers: int = 1
-    threads_per_worker: int = 1
+    # None: settled by `for_device` (two on a GPU, one on a CPU); a client started without it gets one.
+    threads_per_worker: int | None = None
     # Local workers as processes (True) or as threads of this process (False). None, the default: one
     # worker runs in this process, which spares a second import of torch and a spawn (about 7 s of a
     # run's fixed cost); several run as processes, so that decoding in each escapes this process's GIL.
@@ -36,12 +38,23 @@ class ClusterConfig:
     def kind(self) -> str:
         return "scheduler" if self.scheduler_address else "slurm" if self.slurm_jobs else "local"
 
+    def for_device(self, gpu: bool) -> ClusterConfig:
+        """Threads per local worker, unless given: two where a GPU encodes, so one shard writes (and the
+        next one's decoding starts) while another encodes, which doubled images/s on an H200
+        (bench/README.md); one where the CPU encodes, whose cores torch already uses."""
+        if self.threads_per_worker is not None:
+            return self
+        return dataclasses.replace(self, threads_per_worker=2 if gpu else 1)
+
+    def cores_per_worker(self) -> int | None:
+        """This machine's cores each local worker may use; None for remote workers, which count their own."""
+        return max(1, (os.cpu_count() or 1) // self.workers) if self.kind == "local" else None
+
     def torch_threads(self) -> int | None:
         """CPU threads each local worker's torch may use, so workers share the cores instead of fighting
         (Dask sets OMP_NUM_THREADS=1 in its workers). Remote workers keep their own settings."""
-        if self.kind != "local":
-            return None
-        return max(1, (os.cpu_count() or 1) // (self.workers * self.threads_per_worker))
+        cores = self.cores_per_worker()
+        return None if cores is None else max(1, cores // (self.threads_per_worker or 1))
 
     def local_processes(self) -> bool:
         return self.workers > 1 if self.processes is None else self.processes
@@ -96,7 +109,7 @@ def dask_client(config: ClusterConfig) -> Iterator[Client]:
     else:
         with _workers_ignore_ctrl_c():
             # Dashboard on a free port (None still means :8787, which another cluster may hold).
-            cluster = LocalCluster(n_workers=config.workers, threads_per_worker=config.threads_per_worker,
+            cluster = LocalCluster(n_workers=config.workers, threads_per_worker=config.threads_per_worker or 1,
                                    processes=config.local_processes(), dashboard_address=":0")
     try:
         with Client(cluster) as client:

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import pyarrow as pa
+import torch
 from distributed import Client, as_completed
 from tqdm.auto import tqdm
 
@@ -55,7 +56,9 @@ class ExtractOptions:
     progress: bool = True
     replace: bool = False  # a dataset of that name with other content is replaced, not refused
     wait: float = 3600.0  # seconds to wait while another extraction writes the same space
-    decode_processes: int = 0  # decode images in this many processes per worker (0: threads)
+    # Decode images in this many processes per worker (0: in threads). None: processes where a GPU
+    # encodes (every core of the worker's share but two), threads where the CPU does.
+    decode_processes: int | None = None
 
 
 @dataclass
@@ -100,6 +103,7 @@ def extract(source: str, fmt: str, dataset: str, encoder: EncoderRequest, store_
     started = time.perf_counter()
     raw = read_source(source, fmt, images_root, split, reader)  # user mistakes surface before any cluster starts
     spec = describe(encoder)
+    cluster = cluster.for_device(gpu=_encodes_on_gpu(options.device))
     # The cluster starts before the store is touched: a cluster that cannot start writes nothing.
     with nullcontext(client) if client else dask_client(cluster) as client:
         store = open_store(store_uri, mode="a", storage_options=storage_options)
@@ -129,6 +133,10 @@ def extract(source: str, fmt: str, dataset: str, encoder: EncoderRequest, store_
         shards_run=len(results), shards_resumed=resumed, seconds=time.perf_counter() - started,
         worker_seconds=_stage_totals(results),
     )
+
+
+def _encodes_on_gpu(device: str) -> bool:
+    return torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
 
 
 def _stage_totals(results: list[ShardResult]) -> dict[str, float]:
@@ -200,7 +208,8 @@ def _encode(client: Client, space: SpaceEmbeddings, spec: EmbeddingSpace, cluste
     `spec` (described here) found them."""
     plans = {kind: pending_work(space, kind) for kind in ("images", "texts")}
     tasks = [ShardTask(space.location, space.key, kind, shard, rows, pretrained_of(spec), spec.tokenizer_path,
-                       options.device, options.batch_size, cluster.torch_threads(), options.decode_processes)
+                       options.device, options.batch_size, cluster.torch_threads(), options.decode_processes,
+                       cluster.cores_per_worker())
              for kind in ("images", "texts") for shard, rows in plans[kind]]
     results: list[ShardResult] = []
     total = sum(t.rows.num_rows for t in tasks)

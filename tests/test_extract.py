@@ -12,6 +12,7 @@ from cache_schemas import open_store, verify
 from pipeline.cluster import ClusterConfig
 from pipeline.encoders import load_encoder
 from pipeline.images import decode, read_bytes
+from pipeline.preprocess import ImageSteps
 from workflows.cli import main
 from workflows.examples import SUGARCREPE_SIZES, write_sugarcrepe_example
 
@@ -230,7 +231,7 @@ def test_decoding_in_processes_stores_the_same_bits_and_errors_as_threads(tmp_pa
 def test_a_dead_decode_process_fails_its_batch_and_the_next_shard_gets_a_new_pool(tmp_path, small_sugarcrepe):
     from concurrent.futures.process import BrokenProcessPool
 
-    from pipeline import shards
+    from pipeline import decoding, shards
 
     annotations, images = small_sugarcrepe
     store = tmp_path / "store"
@@ -238,12 +239,66 @@ def test_a_dead_decode_process_fails_its_batch_and_the_next_shard_gets_a_new_poo
     space = open_store(store).space("vlcache-tiny")
     encoder = load_encoder(space.spec, None, "cpu")
     shards._decoder(encoder, 2)
-    dying = next(iter(shards._PROCESS_POOLS.values())).submit(os._exit, 1)  # a decode process killed
+    dying = next(iter(decoding._PROCESS_POOLS.values())).submit(os._exit, 1)  # a decode process killed
     with pytest.raises(BrokenProcessPool):
         shards._ready(([0], [dying]), shards.Stages())
-    assert not shards._PROCESS_POOLS
+    assert not decoding._PROCESS_POOLS
     first = space.images().slice(0, 1)
     decode_image = shards._decoder(encoder, 2)
     pixels = shards._pixels(decode_image(first["uri"][0].as_py(), first["hash"][0].as_py()).result())
     expected = encoder.preprocess(decode(read_bytes(first["uri"][0].as_py()), encoder.image_size))
     assert torch.equal(pixels, expected)
+    decoding.close_process_pools()
+
+
+def test_decode_processes_never_import_torch(tmp_path, small_sugarcrepe):
+    """They fork from a server that preloads only the decoding module and the image steps: they start
+    in a fraction of a second, and give the pixels decode threads give."""
+    from pipeline import decoding
+
+    annotations, images = small_sugarcrepe
+    store = tmp_path / "store"
+    run_extract(annotations, "sugarcrepe", "sc", store, images_root=images)
+    space = open_store(store).space("vlcache-tiny")
+    encoder = load_encoder(space.spec, None, "cpu")
+    decode_image = decoding.process_decoder("torch-free", 1, type(encoder).image_transform(space.spec),
+                                            encoder.image_size)
+    try:
+        pool = decoding._PROCESS_POOLS["torch-free", 1]
+        assert pool.submit(eval, "sorted({'torch', 'open_clip'} & set(__import__('sys').modules))").result() == []
+        first = space.images().slice(0, 1)
+        uri, digest = first["uri"][0].as_py(), first["hash"][0].as_py()
+        expected = encoder.preprocess(decode(read_bytes(uri), encoder.image_size))
+        assert np.array_equal(decode_image(uri, digest).result(), expected.numpy())
+    finally:
+        decoding.close_process_pools()
+
+
+def test_an_image_the_steps_cannot_scale_is_an_error_record(tmp_path):
+    import hashlib
+
+    from PIL import Image
+
+    from pipeline.decoding import load
+    from pipeline.images import ImageError
+
+    strip = tmp_path / "strip.png"
+    Image.new("RGB", (500, 1)).save(strip)
+    digest = hashlib.sha256(strip.read_bytes()).hexdigest()
+    loaded = load(ImageSteps((64, 64), "longest"), 64, str(strip), digest)  # its height scales to 0
+    assert isinstance(loaded, ImageError) and loaded.stage == "decode" and "500x1" in str(loaded)
+
+
+def test_decoding_defaults_to_processes_where_a_gpu_encodes_and_to_threads_on_a_cpu():
+    from pipeline.shards import ShardTask, _decode_processes
+
+    def task(processes, cores):
+        return ShardTask(None, "k", "images", 0, None, None, decode_processes=processes, worker_cores=cores)
+
+    assert _decode_processes(task(None, 16), "cuda") == 14  # two cores stay for encoding and writing
+    assert _decode_processes(task(None, 2), "cuda") == 2
+    assert _decode_processes(task(None, 16), "cpu") == 0
+    assert _decode_processes(task(3, 16), "cpu") == 3 and _decode_processes(task(0, 16), "cuda") == 0
+    assert ClusterConfig().for_device(gpu=True).threads_per_worker == 2
+    assert ClusterConfig().for_device(gpu=False).threads_per_worker == 1
+    assert ClusterConfig(threads_per_worker=3).for_device(gpu=True).threads_per_worker == 3

@@ -144,15 +144,16 @@ class SourcePath(click.Path):
 @click.option("--split", default=None, help="Split for items whose source names none.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Local Dask workers (one per GPU).")
-@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="Threads per local worker.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Threads per local worker [default: 2 where a GPU encodes, else 1].")
 @click.option("--scheduler-address", default=None, help="Use an existing Dask scheduler instead of a local cluster.")
 @click.option("--slurm-jobs", type=click.IntRange(min=0), default=0, help="Start this many SLURM jobs (dask-jobqueue).")
 @click.option("--worker-wait", type=click.FloatRange(min=0), default=600, show_default=True,
               help="Seconds SLURM jobs or an existing scheduler may take to bring a first worker.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--decode-processes", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Decode images in this many processes per worker, not threads (0): for a GPU that encodes "
-                   "faster than decoding threads let it.")
+@click.option("--decode-processes", type=click.IntRange(min=0), default=None,
+              help="Decode images in this many processes per worker (0: in threads) [default: where a GPU "
+                   "encodes, the worker's cores but two; else threads].")
 @device_option
 @click.option("--rows-per-shard", type=click.IntRange(min=1), default=1024, show_default=True,
               help="Rows per shard: the unit of work, commit and resume (fixed when a space is created).")

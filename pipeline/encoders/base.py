@@ -82,9 +82,11 @@ class Encoder(ABC):
         return int(size if isinstance(size, int) else max(size))
 
     @classmethod
-    def image_transform(cls, space: EmbeddingSpace) -> Callable[[Image.Image], torch.Tensor] | None:
-        """`preprocess` built from the space alone and picklable, for decode processes, which hold no
-        model (`extract --decode-processes`); None, the default, decodes in threads instead."""
+    def image_transform(cls, space: EmbeddingSpace) -> Callable[[Image.Image], np.ndarray] | None:
+        """`preprocess` built from the space alone, picklable and giving the same pixels as a numpy
+        array, for decode processes, which hold no model (`extract --decode-processes`); its module
+        is imported by their fork server, so one that imports no torch lets them start at once.
+        None, the default, decodes in threads instead."""
         return None
 
     @abstractmethod

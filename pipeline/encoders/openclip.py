@@ -28,11 +28,13 @@ import torch.nn.functional as F
 from open_clip.tokenizer import HFTokenizer
 from open_clip.transform import PreprocessCfg, image_transform_v2
 from open_clip.transformer import text_global_pool
+from PIL import Image
 from torchvision import transforms
 
 from cache_schemas import EmbeddingSpace, VlcacheError
 
 from ..images import LOAD_POLICY
+from ..preprocess import ImageSteps
 from .base import Encoder, EncoderRequest, Tokenizer, UnknownModelError, file_sha256
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
@@ -49,20 +51,20 @@ def _split_transform(transform: transforms.Compose) -> tuple[transforms.Compose,
     return transforms.Compose(steps), tuple(normalize.mean), tuple(normalize.std)
 
 
-def _eval_transform(space: EmbeddingSpace) -> transforms.Compose:
-    return image_transform_v2(PreprocessCfg(**{k: v for k, v in space.preprocess.items() if k != "load"}),
-                              is_train=False)
-
-
-class _Pixels:
-    """The PIL steps of open_clip's eval transform (resize, crop), as a uint8 (3, H, W) tensor. Holds no
-    model: decode processes receive a copy."""
-
-    def __init__(self, steps: transforms.Compose):
-        self.steps = steps
-
-    def __call__(self, image) -> torch.Tensor:
-        return torch.from_numpy(np.array(self.steps(image))).permute(2, 0, 1)
+def _pixel_steps(space: EmbeddingSpace) -> tuple[ImageSteps, tuple, tuple]:
+    """open_clip's eval transform for the space as torch-free image steps, checked against open_clip's
+    own (a release that changed its preprocessing would otherwise shift every pixel silently), and the
+    mean and std batches are normalised with."""
+    cfg = PreprocessCfg(**{k: v for k, v in space.preprocess.items() if k != "load"})
+    reference, mean, std = _split_transform(image_transform_v2(cfg, is_train=False))
+    size = (cfg.size, cfg.size) if isinstance(cfg.size, int) else tuple(cfg.size)
+    steps = ImageSteps(size, cfg.resize_mode, cfg.interpolation, cfg.fill_color)
+    for height, width in ((37, 61), (50, 23), (5, 9)):  # landscape, portrait, smaller than any crop
+        image = Image.fromarray(np.random.default_rng(height).integers(0, 256, (height, width, 3), np.uint8))
+        if not np.array_equal(steps(image), np.asarray(reference(image)).transpose(2, 0, 1)):
+            raise VlcacheError(f"vlcache's image steps {steps} disagree with open_clip {open_clip.__version__}'s "
+                               f"eval transform {reference}; install an open_clip_torch version vlcache supports")
+    return steps, mean, std
 
 
 def check_model(name: str) -> None:
@@ -298,19 +300,18 @@ class OpenClipEncoder(Encoder):
                                                 force_quick_gelu=bool(tag_cfg.get("quick_gelu", False))).eval()
         self.blocks = _n_blocks(self.model)
         self.model.requires_grad_(False)
-        steps, self._mean, self._std = _split_transform(_eval_transform(space))
-        self._pixels = _Pixels(steps)
+        self._steps, self._mean, self._std = _pixel_steps(space)
         self.text_tower = _TextTower.of(self.model)
 
     @classmethod
-    def image_transform(cls, space: EmbeddingSpace) -> _Pixels:
-        return _Pixels(_split_transform(_eval_transform(space))[0])
+    def image_transform(cls, space: EmbeddingSpace) -> ImageSteps:
+        return _pixel_steps(space)[0]
 
     def preprocess(self, image):
         """The transform's image steps (resize, crop) only: a uint8 (3, H, W) tensor. Scaling and
         normalising run batched where the batch is encoded (on the GPU there), not image by image in
         the decode threads, where they held the interpreter lock the encoding thread needs."""
-        return self._pixels(image)
+        return torch.from_numpy(self._steps(image))
 
     def _normalised(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 pixels as ToTensor then Normalize make them (the same float32 operations); float

@@ -1,0 +1,103 @@
+"""Where a worker decodes images: threads of the worker, or processes forked from a fork server.
+
+Imports neither torch nor an encoder. The fork server preloads this module and the encoder's image
+steps (pipeline/preprocess.py for open_clip's), so decode processes start in a fraction of a second
+instead of each importing torch, and no decoding holds the interpreter lock the thread launching a
+GPU's kernels needs."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import multiprocessing
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from functools import cache
+from typing import Any
+
+from .images import ImageError, decode, read_bytes
+
+# PIL releases the GIL while decoding and resizing, so threads overlap decode with encoding; a GPU
+# encodes faster than a few cores decode, so every core gets one.
+DECODE_THREADS = min(32, max(4, os.cpu_count() or 1))
+
+Decode = Callable[[str, str], Future]  # (uri, expected hash) -> the future pixels, or its ImageError
+
+
+def thread_decoder(preprocess: Callable, size: int) -> Decode:
+    """Decoding in the worker's own threads; pixels come back as `preprocess` makes them."""
+    return functools.partial(_thread_pool().submit, load, preprocess, size)
+
+
+def process_decoder(key: Any, processes: int, preprocess: Callable, size: int) -> Decode:
+    """Decoding in `processes` processes, one pool per worker process and `key` (its space), kept
+    across shards. `preprocess` must be picklable; pixels come back as it makes them (a numpy array
+    is cheapest to send), an error as its (stage, message)."""
+    with _PROCESS_POOLS_LOCK:  # a worker's threads share it
+        if (key, processes) not in _PROCESS_POOLS:
+            _close_process_pools()
+            _PROCESS_POOLS[key, processes] = _start_process_pool(processes, preprocess, size)
+        return functools.partial(_PROCESS_POOLS[key, processes].submit, _load_here)
+
+
+def close_process_pools() -> None:
+    """After a decode process died (killed, out of memory): the next shard starts a new pool."""
+    with _PROCESS_POOLS_LOCK:
+        _close_process_pools()
+
+
+def load(preprocess: Callable, size: int, uri: str, expected_hash: str) -> Any:
+    """One image's pixels, or the ImageError that says why there are none."""
+    try:
+        data = read_bytes(uri)
+        if hashlib.sha256(data).hexdigest() != expected_hash:
+            raise ImageError("read", "file changed since it was hashed; rerun extract to pick up the new content")
+        image = decode(data, size)
+        try:
+            return preprocess(image)
+        except ValueError as exc:  # steps that scale an edge to nothing (a one-pixel strip, padded to fit)
+            raise ImageError("decode", f"cannot preprocess a {image.width}x{image.height} image: {exc}") from None
+    except ImageError as exc:
+        return exc
+
+
+@cache
+def _thread_pool() -> ThreadPoolExecutor:
+    """One pool per worker process, kept across shards."""
+    return ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="vlcache-decode")
+
+
+_PROCESS_POOLS: dict[tuple, ProcessPoolExecutor] = {}
+_PROCESS_POOLS_LOCK = threading.Lock()
+
+
+def _start_process_pool(processes: int, preprocess: Callable, size: int) -> ProcessPoolExecutor:
+    # Forking this process, threads and all, could deadlock: processes fork from a fork server that
+    # imports this module and the steps' own, nothing of the worker's.
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__, type(preprocess).__module__])
+    pool = ProcessPoolExecutor(processes, mp_context=context, initializer=_start_decoding,
+                               initargs=(preprocess, size))
+    for _ in range(processes):  # every process starts now, not one by one as the first batch arrives
+        pool.submit(os.getpid)
+    return pool
+
+
+def _close_process_pools() -> None:
+    for pool in _PROCESS_POOLS.values():
+        pool.shutdown(wait=False, cancel_futures=True)
+    _PROCESS_POOLS.clear()
+
+
+_PROCESS_LOAD: list[Callable] = []  # in a decode process: its load, set once by _start_decoding
+
+
+def _start_decoding(preprocess: Callable, size: int) -> None:
+    _PROCESS_LOAD.append(functools.partial(load, preprocess, size))
+
+
+def _load_here(uri: str, expected_hash: str) -> Any:
+    loaded = _PROCESS_LOAD[0](uri, expected_hash)
+    return (loaded.stage, str(loaded)) if isinstance(loaded, ImageError) else loaded
