@@ -22,6 +22,8 @@ step python3 extract_speed_bench.py --device "$DEVICE" --model ViT-B-32 --images
 [ "${L14:-1}" != 0 ] && step python3 extract_speed_bench.py --device "$DEVICE" --model ViT-L-14 \
     --images ${SIZES_L14:-1024 4096} --image-size 320 --batch-size 256 --repeats 1 --no-per-row \
     --model-only ${MODEL_ONLY_L14:-10} --work /tmp/vlcache-bench-work --out "$OUT"
-[ "${HEADS:-1}" != 0 ] && step python3 head_speed_bench.py --device "$DEVICE" --repeats 5 --out "$OUT"
+[ "${HEADS:-1}" != 0 ] && step python3 head_speed_bench.py --device "$DEVICE" --repeats 3 --out "$OUT"
+step python3 loader_bench.py --model ViT-B-32 --items 6000 --image-size 64 --device "$DEVICE" \
+    --train-device "$DEVICE" --resident-only --out "$OUT"
 step timeout 240 python3 loader_bench.py --model ViT-B-32 --items ${LOADER_ITEMS:-16000} --image-size 64 \
     --buffer ${LOADER_BUFFER:-2048} --device "$DEVICE" --out "$OUT"
