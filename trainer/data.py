@@ -132,7 +132,9 @@ class WindowRows:
         positions = np.arange(int(lengths.max(initial=0)))
         mask = positions[None, :] < lengths[:, None]
         padded = _take(flat, np.where(mask, starts[:, None] + positions[None, :], 0))
-        padded[~(torch.from_numpy(mask).to(padded.device) if isinstance(padded, torch.Tensor) else mask)] = 0
+        if isinstance(padded, torch.Tensor):  # masked_fill_: a boolean index would wait for the device
+            return padded.masked_fill_(~torch.from_numpy(mask).to(padded.device)[..., None], 0), mask
+        padded[~mask] = 0
         return padded, mask
 
 
@@ -294,8 +296,10 @@ class BatchLoader:
         negative_image_index[negative_images >= 0] = len(index) + np.arange(int((negative_images >= 0).sum()))
         named = np.concatenate([ex.caption[index], ex.negatives[index].ravel()])
         text_rows = np.unique(named[named >= 0])
-        where = {r: i for i, r in enumerate(text_rows)}
-        lookup = np.vectorize(lambda r: where.get(r, -1), otypes=[np.int64])
+
+        def lookup(rows: np.ndarray) -> np.ndarray:  # store rows -> their place in text_rows; -1 stays -1
+            return np.where(rows >= 0, np.searchsorted(text_rows, rows), -1)
+
         return Batch(
             examples=index,
             epoch=epoch,
