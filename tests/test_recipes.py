@@ -9,7 +9,7 @@ import yaml
 RECIPES = os.path.join(os.path.dirname(__file__), "..", "workflows", "recipes")
 
 
-def test_the_slurm_recipe_asks_one_gpu_and_one_worker_per_job(tmp_path, monkeypatch):
+def test_the_slurm_recipe_asks_one_gpu_one_worker_and_cores_to_decode_per_job(tmp_path, monkeypatch):
     jobqueue = pytest.importorskip("dask_jobqueue")
     monkeypatch.chdir(tmp_path)  # the recipe's log folder is relative
     with open(os.path.join(RECIPES, "jobqueue.yaml")) as f:
@@ -19,4 +19,5 @@ def test_the_slurm_recipe_asks_one_gpu_and_one_worker_per_job(tmp_path, monkeypa
         with jobqueue.SLURMCluster(scheduler_options={"dashboard_address": ":0"}) as cluster:
             script = cluster.job_script()
     assert "#SBATCH --gres=gpu:1" in script and "#SBATCH -p gpu" in script
-    assert "--nworkers" not in script and "--nthreads 8" in script  # one worker (one encoder) per job
+    assert "--nworkers" not in script and "--nthreads 2" in script  # one worker (one encoder) per job, two threads
+    assert "#SBATCH --cpus-per-task=8" in script  # the cores its decode processes run on
