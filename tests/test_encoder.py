@@ -112,3 +112,20 @@ def test_preprocess_defers_scaling_to_the_batch_and_changes_no_number(tiny):
     assert pixels.dtype == torch.uint8 and pixels.shape == reference.shape
     ours, theirs = tiny.encode_images(pixels), tiny.encode_images(reference)
     assert all(np.array_equal(ours[name], theirs[name]) for name in ours)
+
+
+def test_value_features_capture_only_their_own_threads_forward():
+    """A worker's threads share one model: the hook that captures the last block's input for value
+    features must not take another thread's batch (two threads per GPU worker is the default)."""
+    import threading
+
+    encoder = load_encoder(describe(EncoderRequest("vlcache-tiny", image_tokens=("patches", "values"))))
+    pixels = torch.randint(0, 256, (3, 3, encoder.image_size, encoder.image_size), dtype=torch.uint8)
+    alone = encoder.encode_images(pixels)
+    beside: list[dict] = []
+    with encoder._last_block_input() as captured:  # this thread between its hook and its forward
+        other = threading.Thread(target=lambda: beside.append(encoder.encode_images(pixels)))
+        other.start()
+        other.join()
+    assert captured == []
+    assert np.array_equal(beside[0]["image_values"], alone["image_values"])

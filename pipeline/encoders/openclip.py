@@ -17,6 +17,7 @@ import difflib
 import hashlib
 import logging
 import os
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -396,7 +397,13 @@ class OpenClipEncoder(Encoder):
             yield captured
             return
         block = self.model.visual.transformer.resblocks[-1]
-        handle = block.register_forward_pre_hook(lambda module, args: captured.append(args[0]))
+        me = threading.get_ident()
+
+        def capture(module, args) -> None:
+            if threading.get_ident() == me:  # a worker's threads share the model: their forwards are not ours
+                captured.append(args[0])
+
+        handle = block.register_forward_pre_hook(capture)
         try:
             yield captured
         finally:
