@@ -48,7 +48,7 @@ class ClusterConfig:
 
     def cores_per_worker(self) -> int | None:
         """This machine's cores each local worker may use; None for remote workers, which count their own."""
-        return max(1, (os.cpu_count() or 1) // self.workers) if self.kind == "local" else None
+        return max(1, usable_cores() // self.workers) if self.kind == "local" else None
 
     def torch_threads(self) -> int | None:
         """CPU threads each local worker's torch may use, so workers share the cores instead of fighting
@@ -58,6 +58,11 @@ class ClusterConfig:
 
     def local_processes(self) -> bool:
         return self.workers > 1 if self.processes is None else self.processes
+
+
+def usable_cores() -> int:
+    """The cores this process may run on: a SLURM job's or a container's share, not the machine's."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 class _SyncCancelRace(logging.Filter):

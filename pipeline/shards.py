@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
 import threading
 import time
 from collections import deque
@@ -24,6 +23,7 @@ import torch
 from cache_schemas import Location, SpaceEmbeddings
 from cache_schemas.layout import Kind
 
+from .cluster import usable_cores
 from .commit import commit_image_shard, commit_text_shard
 from .decoding import Decode, close_process_pools, process_decoder, thread_decoder
 from .encoders import Encoder, load_encoder
@@ -143,12 +143,7 @@ def _decode_processes(task: ShardTask, device_type: str) -> int:
         return task.decode_processes
     if device_type != "cuda":
         return 0
-    return max(2, (task.worker_cores or _cores()) - 2)
-
-
-def _cores() -> int:
-    """The cores this process may run on (a SLURM job's allocation, not the node's)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(2, (task.worker_cores or usable_cores()) - 2)
 
 
 def _decoder(encoder: Encoder, processes: int) -> Decode:
