@@ -52,7 +52,7 @@ def _space(store: Store, key: str, disk_bytes: bool) -> dict[str, Any]:
         dataset = store.dataset(name)
         coverage[name] = {"images": _count_in(dataset.images["hash"], hashes["images"]),
                           "texts": _count_in(dataset.texts["hash"], hashes["texts"])}
-    unreferenced = {kind: len(hashes[kind]) - _count_in(hashes[kind], pa.array(sorted(needed[kind]), pa.string()))
+    unreferenced = {kind: len(hashes[kind]) - _count_in(hashes[kind], pa.array(list(needed[kind]), pa.string()))
                     for kind in hashes}
     committed = space.nbytes_committed()
     on_disk = space.nbytes_stored() if disk_bytes else None
