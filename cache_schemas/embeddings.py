@@ -79,6 +79,7 @@ class SpaceEmbeddings:
         self.writable = writable
         self.layouts: dict[str, ArrayLayout] = {a.name: a for a in array_layouts(spec)}
         self._read_shards: dict[Kind, tuple[set[int], list[int]]] = {}  # a reader's snapshot, as _parts is
+        self._opened: dict[str, zarr.Array] = {}  # a reader's arrays: opening one reads its metadata (~1 ms)
 
     def __repr__(self) -> str:
         return f"SpaceEmbeddings({self.key!r})"
@@ -118,7 +119,11 @@ class SpaceEmbeddings:
     def array(self, name: str) -> zarr.Array:
         if name not in self.layouts:
             raise KeyError(f"space {self.key} stores no {name!r}; it stores {sorted(self.layouts)}")
-        return self.group[name]
+        if self.writable:  # a writer grows arrays: their shape is read afresh
+            return self.group[name]
+        if name not in self._opened:
+            self._opened[name] = self.group[name]
+        return self._opened[name]
 
     def arrays(self, kind: Kind) -> list[str]:
         return [a.name for a in self.layouts.values() if a.kind == kind]
