@@ -115,9 +115,12 @@ class WindowRows:
         """The same rows as tensors on `device`, where batches are then gathered (a resident loader)."""
         moved = copy.copy(self)
         moved._data = {name: torch.from_numpy(data).to(device) for name, data in self._data.items()}
-        if self._tokens is not None:
+        if self._tokens is not None:  # one row of zeros after the tokens, where padding gathers from
             known, flat, bounds = self._tokens
-            moved._tokens = (known, torch.from_numpy(flat).to(device), bounds)
+            tokens = torch.from_numpy(flat)
+            on_device = tokens.new_zeros((len(tokens) + 1, *tokens.shape[1:]), device=device)
+            on_device[:-1] = tokens
+            moved._tokens = (known, on_device, bounds)
         return moved
 
     def rows(self, name: str, rows: np.ndarray) -> np.ndarray | torch.Tensor:
@@ -131,9 +134,9 @@ class WindowRows:
         starts, lengths = bounds[at], bounds[at + 1] - bounds[at]
         positions = np.arange(int(lengths.max(initial=0)))
         mask = positions[None, :] < lengths[:, None]
-        padded = _take(flat, np.where(mask, starts[:, None] + positions[None, :], 0))
-        if isinstance(padded, torch.Tensor):  # masked_fill_: a boolean index would wait for the device
-            return padded.masked_fill_(~torch.from_numpy(mask).to(padded.device)[..., None], 0), mask
+        if isinstance(flat, torch.Tensor):  # resident: padding gathers the zero row `to` put last
+            return _take(flat, np.where(mask, starts[:, None] + positions[None, :], len(flat) - 1)), mask
+        padded = flat[np.where(mask, starts[:, None] + positions[None, :], 0)]
         padded[~mask] = 0
         return padded, mask
 
