@@ -3,10 +3,11 @@ loader's block shuffle (items grouped by chunk, shuffled within windows), for a 
 permutation read through the same windows (what a random sampler does), and for the block shuffle
 read through zarr's orthogonal indexing (vlcache before), and for a resident loader (every row read
 once and kept on --train-device: its first epoch, then the next); the epoch against a raw zarr read
-of the same arrays; the traced peak memory against the window; and what checking reads costs (no
-check, the check every read makes, a full checksum of each shard on first touch). Writes
-loader_bench.json and loader_bench.md; with --resident-only, only the resident loader's two epochs
-(what a short GPU lease has time for), as loader_bench_resident.json and .md."""
+of the same arrays; the traced peak memory against the window; what checking reads costs (no
+check, the check every read makes, a full checksum of each shard on first touch); and zarr's cost per
+chunk, read alone against read in a shard's slice. Writes loader_bench.json and loader_bench.md; with
+--resident-only, only the resident loader's two epochs (what a short GPU lease has time for), as
+loader_bench_resident.json and .md."""
 
 from __future__ import annotations
 
@@ -106,6 +107,29 @@ def raw_read(space) -> dict[str, float]:
     return {"seconds": time.perf_counter() - start, "bytes": nbytes}
 
 
+def zarr_chunk_cost(space, name: str = "image_patches") -> dict[str, float]:
+    """zarr's milliseconds per chunk over the first committed shard, read one chunk per call (what a
+    window's scattered chunks cost) and as one slice (the raw read); the best of REPEATS each."""
+    shard = space.committed_shards("images")[0]
+    first = space.geometry.shard_rows(shard).start
+    last = first + space.part("images", shard)[0].num_rows
+    array = space.array(name)
+    chunk = array.chunks[0]
+    starts = range(first, last - last % chunk, chunk)  # whole chunks only
+
+    def best(read) -> float:
+        times = []
+        for _ in range(REPEATS):
+            start = time.perf_counter()
+            read()
+            times.append(time.perf_counter() - start)
+        return min(times) / len(starts) * 1e3
+
+    return {"chunk_kb": array[:chunk].nbytes / 1e3,
+            "one chunk per call": best(lambda: [array[s:s + chunk] for s in starts]),
+            "one slice per shard": best(lambda: array[first:starts[-1] + chunk])}
+
+
 def read_checks(space, batches: list[np.ndarray], name: str = "image_patches") -> dict[str, float]:
     """Seconds to read `batches` of rows three ways, side by side."""
     def raw() -> None:  # the same reads (chunk-aligned slices), without the check
@@ -178,6 +202,7 @@ def main() -> None:
         store_mb = sum(space.nbytes_committed()[n] for n in ("image_patches", "text_tokens")) / 1e6
         rows = np.random.default_rng(0).permutation(space.images()["row"].to_numpy())
         checks = read_checks(space, [rows[i:i + 64] for i in range(0, len(rows), 64)])
+        results["zarr ms per chunk"] = zarr_chunk_cost(space)
     ours, plain = results["block shuffle"], results["random permutation"]
     results["ratios"] = {
         "image_chunk_reads (permutation / ours)": plain["image_chunk_reads"] / ours["image_chunk_reads"],
@@ -192,6 +217,9 @@ def main() -> None:
     lines += ["", *(f"- {k}: {v:.2f}x" for k, v in results["ratios"].items())]
     lines += [f"- traced peak over one epoch (prefetch off) / the largest window: {memory['peak_over_window']:.2f}x "
               f"(window {memory['window_mb']:.1f} MB, store {store_mb:.0f} MB)"]
+    cost = results["zarr ms per chunk"]
+    lines += [f"- zarr per {cost['chunk_kb']:.0f} kB image_patches chunk: {cost['one chunk per call']:.2f} ms read one "
+              f"chunk per call, {cost['one slice per shard']:.2f} ms in one slice per shard"]
     results["read checks (seconds, one pass of random batches of 64 over image_patches)"] = checks
     lines += ["", "| reading every image row once, random batches of 64, the same slices | time vs no check |",
               "|---|---:|"]
