@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import shutil
 import signal
 import sys
@@ -19,6 +18,8 @@ from dataclasses import dataclass
 from distributed import Client, LocalCluster
 
 from cache_schemas import VlcacheError
+
+from .decoding import usable_cores
 
 
 @dataclass(frozen=True)
@@ -58,11 +59,6 @@ class ClusterConfig:
 
     def local_processes(self) -> bool:
         return self.workers > 1 if self.processes is None else self.processes
-
-
-def usable_cores() -> int:
-    """The cores this process may run on: a SLURM job's or a container's share, not the machine's."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 class _SyncCancelRace(logging.Filter):

@@ -19,9 +19,15 @@ from typing import Any
 
 from .images import ImageError, decode, read_bytes
 
+
+def usable_cores() -> int:
+    """The cores this process may run on: a SLURM job's or a container's share, not the machine's."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 # PIL releases the GIL while decoding and resizing, so threads overlap decode with encoding; a GPU
 # encodes faster than a few cores decode, so every core gets one.
-DECODE_THREADS = min(32, max(4, os.cpu_count() or 1))
+DECODE_THREADS = min(32, max(4, usable_cores()))
 
 Decode = Callable[[str, str], Future]  # (uri, expected hash) -> the future pixels, or its ImageError
 

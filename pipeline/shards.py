@@ -23,9 +23,8 @@ import torch
 from cache_schemas import Location, SpaceEmbeddings
 from cache_schemas.layout import Kind
 
-from .cluster import usable_cores
 from .commit import commit_image_shard, commit_text_shard
-from .decoding import Decode, close_process_pools, process_decoder, thread_decoder
+from .decoding import Decode, close_process_pools, process_decoder, thread_decoder, usable_cores
 from .encoders import Encoder, load_encoder
 from .images import ImageError
 

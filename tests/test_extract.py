@@ -302,3 +302,15 @@ def test_decoding_defaults_to_processes_where_a_gpu_encodes_and_to_threads_on_a_
     assert ClusterConfig().for_device(gpu=True).threads_per_worker == 2
     assert ClusterConfig().for_device(gpu=False).threads_per_worker == 1
     assert ClusterConfig(threads_per_worker=3).for_device(gpu=True).threads_per_worker == 3
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or (os.cpu_count() or 1) < 2, reason="needs CPU affinity")
+def test_decode_threads_and_local_workers_count_the_cores_a_job_may_use_not_the_machines():
+    import subprocess
+    import sys
+
+    probe = ("import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "  # a one-core job's share
+             "from pipeline import decoding; from pipeline.cluster import ClusterConfig; "
+             "print(decoding.usable_cores(), decoding.DECODE_THREADS, ClusterConfig(workers=1).cores_per_worker())")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["1", "4", "1"]  # four decode threads is the floor, whatever the machine has
