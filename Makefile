@@ -23,6 +23,7 @@ test: setup
 bench: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/extract_bench.py --out runs/bench
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/extract_speed_bench.py --out runs/bench
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/decode_bench.py --out runs/bench
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/loader_bench.py --out runs/bench
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/head_speed_bench.py --out runs/bench
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/metadata_bench.py --out runs/bench

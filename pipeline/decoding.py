@@ -29,29 +29,56 @@ def usable_cores() -> int:
 # encodes faster than a few cores decode, so every core gets one.
 DECODE_THREADS = min(32, max(4, usable_cores()))
 
-Decode = Callable[[str, str], Future]  # (uri, expected hash) -> the future pixels, or its ImageError
+# A batch's (uris, expected hashes) -> futures of its images in order, each future a list of pixels
+# (or the ImageError that says why there are none) for a run of consecutive images.
+Decode = Callable[[list[str], list[str]], list[Future]]
+
+# Each process task costs the worker a future, a trip through the pool's queues and a pickle: at one
+# image a task, about 2.5x the worker's CPU per image of eight a task (bench/decode_bench.py).
+MAX_IMAGES_PER_TASK = 8
 
 
 def thread_decoder(preprocess: Callable, size: int) -> Decode:
-    """Decoding in the worker's own threads; pixels come back as `preprocess` makes them."""
-    return functools.partial(_thread_pool().submit, load, preprocess, size)
+    """Decoding in the worker's own threads, one image a task; pixels come back as `preprocess` makes them."""
+    load_all = functools.partial(_load_all, preprocess, size)
+    return lambda uris, hashes: _submit(_thread_pool(), load_all, 1, uris, hashes)
 
 
-def process_decoder(key: Any, processes: int, preprocess: Callable, size: int) -> Decode:
+def process_decoder(key: Any, processes: int, preprocess: Callable, size: int,
+                    images_per_task: int | None = None) -> Decode:
     """Decoding in `processes` processes, one pool per worker process and `key` (its space), kept
-    across shards. `preprocess` must be picklable; pixels come back as it makes them (a numpy array
-    is cheapest to send), an error as its (stage, message)."""
+    across shards; `images_per_task` by default as _task_size says. `preprocess` must be picklable;
+    pixels come back as it makes them (a numpy array is cheapest to send), an error as its (stage, message)."""
     with _PROCESS_POOLS_LOCK:  # a worker's threads share it
         if (key, processes) not in _PROCESS_POOLS:
             _close_process_pools()
             _PROCESS_POOLS[key, processes] = _start_process_pool(processes, preprocess, size)
-        return functools.partial(_PROCESS_POOLS[key, processes].submit, _load_here)
+        pool = _PROCESS_POOLS[key, processes]
+
+    def decode(uris: list[str], hashes: list[str]) -> list[Future]:
+        per_task = images_per_task or _task_size(len(uris), processes)
+        return _submit(pool, _load_all_here, per_task, uris, hashes)
+    return decode
+
+
+def _task_size(batch: int, processes: int) -> int:
+    """Up to MAX_IMAGES_PER_TASK, while a batch still gives every process four tasks: its last tasks
+    then keep no process idle for long."""
+    return max(1, min(MAX_IMAGES_PER_TASK, batch // (4 * processes)))
 
 
 def close_process_pools() -> None:
     """After a decode process died (killed, out of memory): the next shard starts a new pool."""
     with _PROCESS_POOLS_LOCK:
         _close_process_pools()
+
+
+def _submit(pool, load_all: Callable, per_task: int, uris: list[str], hashes: list[str]) -> list[Future]:
+    return [pool.submit(load_all, uris[i:i + per_task], hashes[i:i + per_task]) for i in range(0, len(uris), per_task)]
+
+
+def _load_all(preprocess: Callable, size: int, uris: list[str], hashes: list[str]) -> list:
+    return [load(preprocess, size, uri, expected) for uri, expected in zip(uris, hashes)]
 
 
 def load(preprocess: Callable, size: int, uri: str, expected_hash: str) -> Any:
@@ -104,6 +131,6 @@ def _start_decoding(preprocess: Callable, size: int) -> None:
     _PROCESS_LOAD.append(functools.partial(load, preprocess, size))
 
 
-def _load_here(uri: str, expected_hash: str) -> Any:
-    loaded = _PROCESS_LOAD[0](uri, expected_hash)
-    return (loaded.stage, str(loaded)) if isinstance(loaded, ImageError) else loaded
+def _load_all_here(uris: list[str], hashes: list[str]) -> list:
+    loaded = [_PROCESS_LOAD[0](uri, expected) for uri, expected in zip(uris, hashes)]
+    return [(x.stage, str(x)) if isinstance(x, ImageError) else x for x in loaded]

@@ -158,10 +158,10 @@ def _prefetched(decode: Decode, rows: pa.Table, batch_size: int, stages: Stages
                 ) -> Iterator[tuple[list[int], list[torch.Tensor | ImageError]]]:
     """Decoded batches in order, the next batch decoding while the caller encodes this one."""
     uris, hashes = rows["uri"].to_pylist(), rows["hash"].to_pylist()
-    batches = [list(range(i, min(i + batch_size, len(uris)))) for i in range(0, len(uris), batch_size)]
     queue: deque[tuple[list[int], list[Future]]] = deque()
-    for index in batches:
-        queue.append((index, [decode(uris[i], hashes[i]) for i in index]))
+    for start in range(0, len(uris), batch_size):
+        stop = min(start + batch_size, len(uris))
+        queue.append((list(range(start, stop)), decode(uris[start:stop], hashes[start:stop])))
         if len(queue) > 1:
             yield _ready(queue.popleft(), stages)
     while queue:
@@ -172,7 +172,7 @@ def _ready(batch: tuple[list[int], list[Future]], stages: Stages) -> tuple[list[
     index, futures = batch
     with stages.time("decode_wait"):
         try:
-            return index, [_pixels(f.result()) for f in futures]
+            return index, [_pixels(loaded) for f in futures for loaded in f.result()]
         except BrokenProcessPool:  # a decode process died (killed, out of memory): the next shard starts anew
             close_process_pools()
             raise

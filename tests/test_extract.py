@@ -11,7 +11,7 @@ import torch
 from cache_schemas import open_store, verify
 from pipeline.cluster import ClusterConfig
 from pipeline.encoders import load_encoder
-from pipeline.images import decode, read_bytes
+from pipeline.images import ImageError, decode, read_bytes
 from pipeline.preprocess import ImageSteps
 from workflows.cli import main
 from workflows.examples import SUGARCREPE_SIZES, write_sugarcrepe_example
@@ -245,7 +245,7 @@ def test_a_dead_decode_process_fails_its_batch_and_the_next_shard_gets_a_new_poo
     assert not decoding._PROCESS_POOLS
     first = space.images().slice(0, 1)
     decode_image = shards._decoder(encoder, 2)
-    pixels = shards._pixels(decode_image(first["uri"][0].as_py(), first["hash"][0].as_py()).result())
+    pixels = shards._pixels(decode_image([first["uri"][0].as_py()], [first["hash"][0].as_py()])[0].result()[0])
     expected = encoder.preprocess(decode(read_bytes(first["uri"][0].as_py()), encoder.image_size))
     assert torch.equal(pixels, expected)
     decoding.close_process_pools()
@@ -269,9 +269,35 @@ def test_decode_processes_never_import_torch(tmp_path, small_sugarcrepe):
         first = space.images().slice(0, 1)
         uri, digest = first["uri"][0].as_py(), first["hash"][0].as_py()
         expected = encoder.preprocess(decode(read_bytes(uri), encoder.image_size))
-        assert np.array_equal(decode_image(uri, digest).result(), expected.numpy())
+        assert np.array_equal(decode_image([uri], [digest])[0].result()[0], expected.numpy())
     finally:
         decoding.close_process_pools()
+
+
+def test_decode_tasks_of_several_images_keep_the_order_and_each_images_error(tmp_path):
+    import hashlib
+
+    from PIL import Image
+
+    from pipeline import decoding
+
+    uris, hashes = [], []
+    for i in range(7):
+        path = tmp_path / f"{i}.png"
+        Image.new("RGB", (40 + i, 30), (30 * i, 0, 0)).save(path)
+        uris.append(str(path))
+        hashes.append(hashlib.sha256(path.read_bytes()).hexdigest())
+    hashes[4] = "0" * 64  # as if the file changed since it was hashed
+    steps = ImageSteps((32, 32), "shortest")
+    by_threads = [x for f in decoding.thread_decoder(steps, 32)(uris, hashes) for x in f.result()]
+    try:
+        futures = decoding.process_decoder("order", 2, steps, 32, images_per_task=3)(uris, hashes)
+        by_processes = [x for f in futures for x in f.result()]
+    finally:
+        decoding.close_process_pools()
+    assert len(futures) == 3 and isinstance(by_threads[4], ImageError)
+    assert by_processes[4] == (by_threads[4].stage, str(by_threads[4]))
+    assert all(np.array_equal(a, b) for i, (a, b) in enumerate(zip(by_threads, by_processes)) if i != 4)
 
 
 def test_an_image_the_steps_cannot_scale_is_an_error_record(tmp_path):
@@ -302,6 +328,9 @@ def test_decoding_defaults_to_processes_where_a_gpu_encodes_and_to_threads_on_a_
     assert ClusterConfig().for_device(gpu=True).threads_per_worker == 2
     assert ClusterConfig().for_device(gpu=False).threads_per_worker == 1
     assert ClusterConfig(threads_per_worker=3).for_device(gpu=True).threads_per_worker == 3
+    from pipeline.decoding import _task_size
+
+    assert _task_size(256, 14) == 4 and _task_size(256, 2) == 8 and _task_size(5, 2) == 1  # four tasks a process
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or (os.cpu_count() or 1) < 2, reason="needs CPU affinity")
