@@ -20,7 +20,7 @@ import pyarrow as pa
 from extract_speed_bench import workload
 from results import publish
 
-from pipeline.decoding import _task_size, close_process_pools, process_decoder, thread_decoder, usable_cores
+from pipeline.decoding import _task_size, close_process_pools, load, process_decoder, thread_decoder, usable_cores
 from pipeline.preprocess import ImageSteps
 from pipeline.shards import Stages, _prefetched
 
@@ -38,10 +38,9 @@ def decode_all(decode, rows: pa.Table) -> dict[str, float]:
 
 def one_core(rows: pa.Table) -> float:
     """Images/s of the whole per-image path (read, check, decode, steps) in this thread alone."""
-    load = thread_decoder(STEPS, 224)
     start = time.perf_counter()
     for uri, expected in zip(rows["uri"].to_pylist()[:200], rows["hash"].to_pylist()[:200]):
-        load([uri], [expected])[0].result()
+        load(STEPS, 224, uri, expected)
     return min(200, rows.num_rows) / (time.perf_counter() - start)
 
 
