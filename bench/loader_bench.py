@@ -16,7 +16,6 @@ import os
 import tempfile
 import time
 import tracemalloc
-from dataclasses import fields
 
 import numpy as np
 import torch
@@ -31,7 +30,7 @@ from workflows.examples import write_sugarcrepe_example
 
 NEEDS = frozenset({"image.patches", "text.tokens"})
 REPEATS = 3  # epochs and raw reads: the best of this many
-DEFAULT_BUFFER = next(f.default for f in fields(BatchLoader) if f.name == "shuffle_buffer")  # a trainer's window
+DEFAULT_BUFFER = BatchLoader.shuffle_buffer  # a trainer's window (the dataclass default)
 
 
 class _PermutationLoader(BatchLoader):
