@@ -1,5 +1,7 @@
 import os
+import subprocess
 import uuid
+from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # nothing may come from a model hub
 os.environ.setdefault("TQDM_DISABLE", "1")
@@ -34,6 +36,42 @@ def small_sugarcrepe(tmp_path_factory):
     return write_sugarcrepe_example(str(root), sizes=sizes, n_images=12, seed=1)
 
 
+@pytest.fixture(scope="session")
+def medium_sugarcrepe(tmp_path_factory):
+    """40 items over 35 unique images: 5 image shards of 8 rows, enough for a worker to stop mid-run."""
+    root = tmp_path_factory.mktemp("medium-sugarcrepe")
+    sizes = {name: 10 for name in ("add_att", "replace_att", "swap_att", "swap_obj")}
+    return write_sugarcrepe_example(str(root), sizes=sizes, n_images=60, seed=1)
+
+
+@pytest.fixture(scope="session")
+def gated_reference(medium_sugarcrepe, tmp_path_factory):
+    """medium_sugarcrepe extracted locally with tests.gated_encoder (its gate never set): what a run on
+    other workers, through faults, must store too."""
+    from tests import gated_encoder
+
+    annotations, images = medium_sugarcrepe
+    store = tmp_path_factory.mktemp("gated-reference") / "store"
+    run_extract(annotations, "sugarcrepe", "sc", store, images_root=images, request=gated_encoder.request(),
+                batch_size=8)
+    return store
+
+
+def assert_same_content(store, reference):
+    """The same rows for the same hashes, every array equal bit for bit, and the store verifies."""
+    import numpy as np
+
+    from cache_schemas import open_store, verify
+
+    mine, theirs = open_store(store), open_store(reference)
+    assert verify(mine).ok
+    key = theirs.space_keys()[0]
+    for kind in ("images", "texts"):
+        assert mine.space(key).view(kind)["hash"].to_pylist() == theirs.space(key).view(kind)["hash"].to_pylist()
+    for name in theirs.space(key).layouts:
+        np.testing.assert_array_equal(mine.space(key).array(name)[:], theirs.space(key).array(name)[:], err_msg=name)
+
+
 @pytest.fixture(scope="module")
 def small_store(small_sugarcrepe, tmp_path_factory):
     """small_sugarcrepe extracted with vlcache-tiny: one store per test module (modules may damage copies)."""
@@ -64,3 +102,15 @@ def s3_store():
     finally:
         s3fs.S3FileSystem.clear_instance_cache()
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def test_slurm():
+    """The one-node SLURM of tests/slurm/start.sh, started unless it runs. Where this machine cannot run
+    it (not root, no packages), SLURM tests skip with the reason, unless VLCACHE_REQUIRE_SLURM is set
+    (CI), where they fail."""
+    script = Path(__file__).parent / "slurm" / "start.sh"
+    done = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=600)
+    if done.returncode == 77 and not os.environ.get("VLCACHE_REQUIRE_SLURM"):
+        pytest.skip(done.stderr.strip())
+    assert done.returncode == 0, f"{script} failed: {done.stderr}"
