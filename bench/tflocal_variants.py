@@ -18,7 +18,7 @@ import time
 import numpy as np
 from results import publish
 
-from pipeline.cluster import ClusterConfig, dask_client
+from pipeline.cluster import ClusterConfig, start_workers
 from pipeline.extract import ExtractOptions, extract
 from trainer.train import train
 from workflows.control import WORLD as CONTROL_WORLD
@@ -39,10 +39,10 @@ def world_store(out: str) -> str:
     world = generate(os.path.join(out, "world"), config.world)
     checkpoint = _pretrained_encoder(out, world["jsonl"]["train"], config.pretrain, progress=True)
     store = os.path.join(out, "store")
-    with dask_client(ClusterConfig()) as client:
+    with start_workers(ClusterConfig()) as workers:
         for split in SPLITS:
             extract(world["jsonl"][split], "bivlc", f"world-{split}", _encoder_request(checkpoint), store,
-                    options=ExtractOptions(rows_per_shard=1024, progress=False), client=client)
+                    options=ExtractOptions(rows_per_shard=1024, progress=False), workers=workers)
     return store
 
 

@@ -6,20 +6,24 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import shutil
 import signal
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import CancelledError
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from distributed import Client, LocalCluster
+from dask.utils import key_split
+from distributed import Client, Future, LocalCluster, wait
 
 from cache_schemas import VlcacheError
 
 from .decoding import usable_cores
+from .slurm import RESUME, SlurmJobs, check_settings, start_scheduler
+
+WATCH_SECONDS = 2.0  # how often a run looks at its workers while it waits for results
 
 
 @dataclass(frozen=True)
@@ -33,7 +37,8 @@ class ClusterConfig:
     # worker runs in this process, which spares a second import of torch and a spawn (about 7 s of a
     # run's fixed cost); several run as processes, so that decoding in each escapes this process's GIL.
     processes: bool | None = None
-    worker_wait: float = 600.0  # seconds an existing scheduler or SLURM jobs may take to bring a first worker
+    worker_wait: float = 600.0  # seconds a run may wait with no worker (to bring the first, or after losing all)
+    slurm_replacements: int = 10  # SLURM jobs that may be submitted in place of jobs that ended mid-run
 
     @property
     def kind(self) -> str:
@@ -88,45 +93,178 @@ def _workers_ignore_ctrl_c() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
+class Workers:
+    """The workers an extraction runs on: its Dask client, and the watch that keeps a run from waiting
+    for workers that are gone. Lost SLURM jobs are replaced (`pipeline.slurm`); a run with no worker
+    for `worker_wait` seconds, or that lost its scheduler, ends in one line; a worker that leaves
+    mid-run is counted, and the shards it held go to another."""
+
+    def __init__(self, client: Client, config: ClusterConfig, where: str, jobs: SlurmJobs | None = None):
+        self.client, self.config, self.where, self.jobs = client, config, where, jobs
+        self.lost = 0  # workers that left while the run needed them
+        self.reassigned = 0  # shards they had been given, which other workers then ran
+        self._removed: list[tuple[str, int]] = []  # (worker address, its shards), as the scheduler reports them
+        self._names: dict[str, str] = {}  # worker address -> name, for messages
+        self._workerless_since: float | None = None
+        self._last_look = 0.0
+        # The scheduler says when it removes a worker, with the tasks it held: no loss falls between two looks.
+        client.subscribe_topic("all", self._on_scheduler_event)
+
+    def unwatch(self) -> None:
+        """Before the client closes: the scheduler would send the client's own removal to it, closing."""
+        if self.client.status == "running":
+            self.client.unsubscribe_topic("all")
+
+    def _on_scheduler_event(self, event) -> None:  # on the client's event loop
+        _, message = event
+        if isinstance(message, dict) and message.get("action") == "remove-worker":
+            shards = sum(key_split(key) == "run_shard" for key in message.get("processing-tasks", ()))
+            self._removed.append((message.get("worker", "?"), shards))
+
+    def as_completed(self, futures: list[Future]) -> Iterator[Future]:
+        """`futures` as they finish, the workers watched in between."""
+        pending = set(futures)
+        while pending:
+            try:
+                done, pending = wait(pending, timeout=WATCH_SECONDS, return_when="FIRST_COMPLETED")
+            except TimeoutError:
+                done = set()
+            except CancelledError:
+                self._require_scheduler()
+                raise
+            yield from done
+            self.check()
+
+    def check(self, force: bool = False) -> None:
+        """Count and report workers that left; every WATCH_SECONDS (or when forced) also look at the
+        scheduler: replace ended SLURM jobs, and end the run if it has been without workers too long."""
+        self._count_losses()
+        now = time.monotonic()
+        if not force and now - self._last_look < WATCH_SECONDS:
+            return
+        self._last_look = now
+        self._require_scheduler()
+        try:
+            workers = self.client.scheduler_info(n_workers=-1)["workers"]
+        except (OSError, KeyError, ValueError):  # the scheduler went since the last look
+            self._require_scheduler()
+            return
+        self._names.update((address, str(w["name"])) for address, w in workers.items())
+        if self.jobs is not None:
+            for event in self.jobs.check({str(w["name"]) for w in workers.values()}):
+                _say(event)
+        self._require_some_worker(bool(workers), now)
+
+    def _count_losses(self) -> None:
+        while self._removed:
+            address, shards = self._removed.pop(0)
+            self.lost += 1
+            self.reassigned += shards
+            name = self._names.get(address, address)
+            _say(f"worker {name} left holding {shards} shards; other workers take them" if shards
+                 else f"worker {name} left")
+
+    def _require_some_worker(self, any_worker: bool, now: float) -> None:
+        if any_worker:
+            self._workerless_since = None
+            return
+        self._workerless_since = self._workerless_since or now
+        if now - self._workerless_since > self.config.worker_wait:
+            jobs = f" ({self.jobs.describe()})" if self.jobs is not None else ""
+            raise WorkersLostError(f"no Dask worker on {self.where} for {self.config.worker_wait:g}s{jobs}; "
+                                   f"{RESUME}")
+
+    def _require_scheduler(self) -> None:
+        if self.client.status not in ("running", "newly-created"):
+            raise WorkersLostError(f"lost the Dask scheduler ({self.where}); {RESUME}")
+
+
+class WorkersLostError(VlcacheError, RuntimeError):
+    """The run cannot go on: its scheduler, or every worker, is gone; what committed stays."""
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
 @contextmanager
-def dask_client(config: ClusterConfig) -> Iterator[Client]:
+def start_workers(config: ClusterConfig) -> Iterator[Workers]:
+    """The cluster `config` describes, with at least one worker joined (or one line within
+    `worker_wait`), watched while in use and closed on the way out."""
+    with _connected(config) as (client, where, jobs):
+        workers = Workers(client, config, where, jobs)
+        try:
+            _wait_for_a_worker(workers)
+            yield workers
+        finally:
+            workers.unwatch()
+
+
+@contextmanager
+def _connected(config: ClusterConfig) -> Iterator[tuple[Client, str, SlurmJobs | None]]:
+    """A client of the cluster `config` describes, where it runs, and its SLURM jobs if any."""
     if config.scheduler_address:
         try:
             client = Client(config.scheduler_address, timeout="20s")
         except OSError as exc:
             raise VlcacheError(f"cannot reach the Dask scheduler at {config.scheduler_address}: {exc}") from None
-        with client:
-            _wait_for_a_worker(client, config, f"the scheduler at {config.scheduler_address}")
-            yield client
-        return
-    if config.slurm_jobs:
-        if shutil.which("sbatch") is None:
-            raise VlcacheError("--slurm-jobs needs SLURM's sbatch on this machine's PATH; run where jobs can be "
-                               "submitted, or use --scheduler-address or local --workers")
-        from dask_jobqueue import SLURMCluster
-
-        cluster = SLURMCluster()  # cores, memory, queue, walltime... from dask config jobqueue.slurm
-        cluster.scale(jobs=config.slurm_jobs)
+        try:
+            yield client, f"the scheduler at {config.scheduler_address}", None
+        finally:
+            _close_client(client)
+    elif config.slurm_jobs:
+        check_settings()
+        cluster = start_scheduler()
+        # Workers dial the address the scheduler advertises (scheduler-options' contact_address, if set).
+        address = getattr(cluster.scheduler, "contact_address", None) or cluster.scheduler_address
+        jobs = SlurmJobs(address, config.slurm_jobs, config.slurm_replacements)
+        try:
+            jobs.fill()
+            with Client(cluster) as client:
+                yield client, f"{config.slurm_jobs} SLURM jobs", jobs
+        finally:
+            jobs.cancel()
+            _close(cluster)
     else:
         with _workers_ignore_ctrl_c():
             # Dashboard on a free port (None still means :8787, which another cluster may hold).
             cluster = LocalCluster(n_workers=config.workers, threads_per_worker=config.threads_per_worker or 1,
                                    processes=config.local_processes(), dashboard_address=":0")
+        try:
+            with Client(cluster) as client:
+                yield client, "this machine", None
+        finally:
+            _close(cluster)
+
+
+def _wait_for_a_worker(workers: Workers) -> None:
+    """Tasks sent to a cluster without workers wait forever: give up, in one line, after a while. SLURM
+    jobs are watched meanwhile, so a refused or ended job says so at once."""
+    wait_s = workers.config.worker_wait
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            workers.client.wait_for_workers(1, timeout=min(WATCH_SECONDS, max(0.0, deadline - time.monotonic())))
+            return
+        except TimeoutError:
+            if workers.jobs is not None:
+                workers.check(force=True)
+            if time.monotonic() >= deadline:
+                jobs = f" ({workers.jobs.describe()})" if workers.jobs is not None else ""
+                raise VlcacheError(f"no Dask worker joined {workers.where} within {wait_s:g}s{jobs}") from None
+
+
+def _close_client(client: Client) -> None:
+    """Closing a client that lost its scheduler cancels its attempt to reconnect, which distributed logs
+    as a traceback: the run has already said, in one line, that the scheduler is gone."""
+    logger = logging.getLogger("distributed.client")
+    level = logger.level
+    if client.status not in ("running", "newly-created"):
+        logger.setLevel(logging.CRITICAL)
     try:
-        with Client(cluster) as client:
-            if config.slurm_jobs:
-                _wait_for_a_worker(client, config, f"{config.slurm_jobs} SLURM jobs (see squeue)")
-            yield client
+        client.close()
     finally:
-        _close(cluster)
-
-
-def _wait_for_a_worker(client: Client, config: ClusterConfig, where: str) -> None:
-    """Tasks sent to a cluster without workers wait forever: give up, in one line, after a while."""
-    try:
-        client.wait_for_workers(1, timeout=config.worker_wait)
-    except TimeoutError:
-        raise VlcacheError(f"no Dask worker joined {where} within {config.worker_wait:g}s") from None
+        logger.setLevel(level)
 
 
 def _close(cluster) -> None:

@@ -17,7 +17,6 @@ from typing import Any
 
 import pyarrow as pa
 import torch
-from distributed import Client, as_completed
 from tqdm.auto import tqdm
 
 from cache_schemas import (
@@ -32,7 +31,7 @@ from cache_schemas import (
 )
 from cache_schemas import tables as schema
 
-from .cluster import ClusterConfig, dask_client
+from .cluster import ClusterConfig, Workers, start_workers
 from .encoders import EncoderRequest, describe, tokenizer_for
 from .encoders.base import pretrained_of
 from .images import Probe, probe_many
@@ -77,6 +76,8 @@ class Summary:
     shards_resumed: int  # of shards_run, those planned by an interrupted earlier run
     seconds: float
     worker_seconds: dict[str, float]  # summed over shards: model load, decode wait, encode, write
+    workers_lost: int = 0  # workers (SLURM jobs, remote workers) that left mid-run
+    shards_reassigned: int = 0  # shards those workers held, which other workers then ran
 
     def lines(self) -> list[str]:
         return [
@@ -88,6 +89,8 @@ class Summary:
             f"{self.shards_run} shards in {self.seconds:.1f}s ({self.shards_resumed} resumed from an earlier run)",
             *([f"worker time: {', '.join(f'{k} {v:.1f}s' for k, v in self.worker_seconds.items())}"]
               if self.worker_seconds else []),
+            *([f"workers lost mid-run: {self.workers_lost} ({self.shards_reassigned} shards they held ran on others)"]
+              if self.workers_lost else []),
         ]
 
     def to_json(self) -> dict[str, Any]:
@@ -97,17 +100,18 @@ class Summary:
 def extract(source: str, fmt: str, dataset: str, encoder: EncoderRequest, store_uri: str, *,
             images_root: str | None = None, split: str | None = None, cluster: ClusterConfig = ClusterConfig(),
             options: ExtractOptions = ExtractOptions(), storage_options: dict | None = None,
-            client: Client | None = None, reader: ReaderOptions = ReaderOptions()) -> Summary:
-    """`client`: a Dask client to reuse (several extractions, one cluster start); `cluster` describes it.
+            workers: Workers | None = None, reader: ReaderOptions = ReaderOptions()) -> Summary:
+    """`workers`: started workers to reuse (several extractions, one cluster start); `cluster` describes them.
     `reader`: column names and separator of tabular sources."""
     started = time.perf_counter()
     raw = read_source(source, fmt, images_root, split, reader)  # user mistakes surface before any cluster starts
     spec = describe(encoder)
     cluster = cluster.for_device(gpu=_encodes_on_gpu(options.device))
     # The cluster starts before the store is touched: a cluster that cannot start writes nothing.
-    with nullcontext(client) if client else dask_client(cluster) as client:
+    with nullcontext(workers) if workers else start_workers(cluster) as workers:
+        losses_before = workers.lost, workers.reassigned  # workers may serve several extractions
         store = open_store(store_uri, mode="a", storage_options=storage_options)
-        probes = _probe_images(client, raw.image_uris(), options.progress)
+        probes = _probe_images(workers, raw.image_uris(), options.progress)
         _require_some_image(probes)
         tables = dataset_tables(raw, probes)
         registered = store.register_dataset(dataset, **tables, source={"uri": os.path.abspath(source), "format": fmt},
@@ -119,7 +123,7 @@ def extract(source: str, fmt: str, dataset: str, encoder: EncoderRequest, store_
             interrupted = {k: set(space.pending_shards(k)) for k in ("images", "texts")}
             plan_new_content(space, registered, tokenizer_for(spec).count, retry_failed=options.retry_failed)
             # Workers get the weights as found here (a checkpoint's absolute path): their folder may not be ours.
-            results = _encode(client, space, spec, cluster, options)
+            results = _encode(workers, space, spec, cluster, options)
             if results:
                 space.compact()  # the next reader opens one index file, not one part per commit
     resumed = sum(r.shard in interrupted[r.kind] for r in results)
@@ -131,7 +135,8 @@ def extract(source: str, fmt: str, dataset: str, encoder: EncoderRequest, store_
         texts_encoded=sum(r.rows - r.failed for r in results if r.kind == "texts"),
         failed=registered.errors.num_rows + sum(r.failed for r in results),
         shards_run=len(results), shards_resumed=resumed, seconds=time.perf_counter() - started,
-        worker_seconds=_stage_totals(results),
+        worker_seconds=_stage_totals(results), workers_lost=workers.lost - losses_before[0],
+        shards_reassigned=workers.reassigned - losses_before[1],
     )
 
 
@@ -147,11 +152,11 @@ def _stage_totals(results: list[ShardResult]) -> dict[str, float]:
     return totals
 
 
-def _probe_images(client: Client, uris: list[str], progress: bool) -> dict[str, Probe]:
+def _probe_images(workers: Workers, uris: list[str], progress: bool) -> dict[str, Probe]:
     batches = [uris[i:i + PROBE_BATCH] for i in range(0, len(uris), PROBE_BATCH)]
     probes: dict[str, Probe] = {}
     with tqdm(total=len(uris), desc="hashing images", unit="img", disable=not progress) as bar:
-        for future in as_completed(client.map(probe_many, batches, pure=False)):
+        for future in workers.as_completed(workers.client.map(probe_many, batches, pure=False)):
             found = future.result()
             probes.update((p.uri, p) for p in found)
             bar.update(len(found))
@@ -202,7 +207,7 @@ def _present(space: SpaceEmbeddings, kind: str, dataset: DatasetTables) -> int:
     return sum(h in have for h in content["hash"].to_pylist())
 
 
-def _encode(client: Client, space: SpaceEmbeddings, spec: EmbeddingSpace, cluster: ClusterConfig,
+def _encode(workers: Workers, space: SpaceEmbeddings, spec: EmbeddingSpace, cluster: ClusterConfig,
             options: ExtractOptions) -> list[ShardResult]:
     """Run every planned shard that has not committed; workers load weights and tokenizer from where
     `spec` (described here) found them."""
@@ -214,9 +219,9 @@ def _encode(client: Client, space: SpaceEmbeddings, spec: EmbeddingSpace, cluste
     results: list[ShardResult] = []
     total = sum(t.rows.num_rows for t in tasks)
     with tqdm(total=total, desc="encoding", unit="row", disable=not options.progress or not tasks) as bar:
-        futures = client.map(run_shard, tasks, pure=False)
+        futures = workers.client.map(run_shard, tasks, pure=False)
         try:
-            for future in as_completed(futures):
+            for future in workers.as_completed(futures):
                 try:
                     result = future.result()
                 except Exception as exc:  # the worker's exception, re-raised here
@@ -226,5 +231,6 @@ def _encode(client: Client, space: SpaceEmbeddings, spec: EmbeddingSpace, cluste
                 results.append(result)
                 bar.update(result.rows)
         finally:
-            client.cancel(futures)
+            if workers.client.status == "running":
+                workers.client.cancel(futures)
     return results

@@ -3,6 +3,7 @@
 import asyncio
 import logging
 import os
+import re
 import signal
 import threading
 import time
@@ -11,6 +12,9 @@ import pytest
 from distributed.utils import LoopRunner, sync
 
 import pipeline.cluster  # noqa: F401  installs the log filter under test
+from tests import gated_encoder
+
+from .conftest import assert_same_content
 
 
 class _Records(logging.Handler):
@@ -51,7 +55,7 @@ def test_a_local_cluster_starts_cleanly_while_another_holds_the_default_dashboar
     import socket
     import warnings
 
-    from pipeline.cluster import ClusterConfig, dask_client
+    from pipeline.cluster import ClusterConfig, start_workers
 
     holder = socket.socket()
     try:
@@ -62,8 +66,8 @@ def test_a_local_cluster_starts_cleanly_while_another_holds_the_default_dashboar
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # "Port 8787 is already in use" would fail here
-            with dask_client(ClusterConfig(processes=False)) as client:
-                assert client.submit(sum, [1, 2]).result() == 3
+            with start_workers(ClusterConfig(processes=False)) as workers:
+                assert workers.client.submit(sum, [1, 2]).result() == 3
     finally:
         holder.close()
 
@@ -72,12 +76,12 @@ def test_a_scheduler_without_workers_is_one_line_not_a_hang():
     from distributed import LocalCluster
 
     from cache_schemas import VlcacheError
-    from pipeline.cluster import ClusterConfig, dask_client
+    from pipeline.cluster import ClusterConfig, start_workers
 
     with LocalCluster(n_workers=0, processes=False, dashboard_address=":0") as empty:
         config = ClusterConfig(scheduler_address=empty.scheduler_address, worker_wait=0.5)
         with pytest.raises(VlcacheError, match=r"no Dask worker joined the scheduler at \S+ within 0.5s"):
-            with dask_client(config):
+            with start_workers(config):
                 pass
 
 
@@ -105,3 +109,99 @@ def test_several_local_workers_run_as_processes_and_the_run_exits_cleanly(small_
         assert verify(open_store(stores[workers])).ok
     one, two = (open_store(stores[w]).space("vlcache-tiny") for w in ("1", "2"))
     assert one.view("images")["hash"].to_pylist() == two.view("images")["hash"].to_pylist()
+
+
+class RemoteCluster:
+    """A Dask scheduler and workers as processes of their own, as on other machines, for
+    `--scheduler-address`. Workers run without a nanny, so killing one is a machine going away."""
+
+    def __init__(self, folder, workers: int, env: dict):
+        import json
+        import subprocess
+        import sys
+
+        self.env = env
+        file = folder / "scheduler.json"
+        self.scheduler = subprocess.Popen(
+            [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0",
+             "--dashboard-address", ":0", "--scheduler-file", str(file)], env=env, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while not file.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self.address = json.loads(file.read_text())["address"]
+        self.workers = [subprocess.Popen(
+            [sys.executable, "-m", "distributed.cli.dask_worker", self.address, "--nthreads", "1", "--no-nanny",
+             "--name", f"remote-{i}", "--death-timeout", "30"], env=env, stderr=subprocess.DEVNULL)
+            for i in range(workers)]
+
+    def close(self):
+        for process in (*self.workers, self.scheduler):
+            process.kill()
+            process.wait()
+
+
+def _gated_run(tmp_path, sugarcrepe, address, gate, *more):
+    import subprocess
+    import sys
+
+    annotations, images = sugarcrepe
+    args = ["extract", annotations, "--format", "sugarcrepe", "--images-root", images, "--dataset", "sc",
+            "--model", "vlcache-tiny", "--encoder", gated_encoder.NAME, "--store", str(tmp_path / "store"),
+            "--rows-per-shard", "8", "--batch-size", "8", "--quiet", "--scheduler-address", address, *more]
+    return subprocess.Popen([sys.executable, "-m", "workflows.cli", *args], env=gated_encoder.environment(gate),
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+@pytest.mark.slow
+def test_a_remote_worker_killed_mid_shard_costs_only_that_shard(medium_sugarcrepe, gated_reference, tmp_path):
+    import json
+
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    cluster = RemoteCluster(tmp_path, workers=2, env=gated_encoder.environment(gate))
+    try:
+        run = _gated_run(tmp_path, medium_sugarcrepe, cluster.address, gate, "--json")
+        os.kill(gated_encoder.wait_for_holder(gate, run)[0], signal.SIGKILL)  # the machine holding a shard goes away
+        (gate / "open").touch()
+        out, err = run.communicate(timeout=300)
+    finally:
+        cluster.close()
+    assert run.returncode == 0, err
+    summary = json.loads(out)
+    assert summary["workers_lost"] == 1 and summary["shards_reassigned"] >= 1
+    assert re.search(r"worker remote-\d left holding \d+ shards; other workers take them", err)
+    assert_same_content(tmp_path / "store", gated_reference)
+
+
+@pytest.mark.slow
+def test_a_killed_scheduler_is_one_line_and_a_rerun_resumes(medium_sugarcrepe, gated_reference, tmp_path):
+    import json
+
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    (tmp_path / "first").mkdir()
+    cluster = RemoteCluster(tmp_path / "first", workers=1, env=gated_encoder.environment(gate))
+    try:
+        run = _gated_run(tmp_path, medium_sugarcrepe, cluster.address, gate)
+        gated_encoder.wait_for_holder(gate, run)
+        cluster.scheduler.kill()
+        _, err = run.communicate(timeout=300)
+    finally:
+        cluster.close()
+    assert run.returncode == 2
+    assert err.strip().splitlines() == [
+        f"error: lost the Dask scheduler (the scheduler at {cluster.address}); committed shards are kept: rerun the "
+        "same command to resume"]
+
+    (gate / "open").touch()
+    (tmp_path / "second").mkdir()
+    cluster = RemoteCluster(tmp_path / "second", workers=1, env=gated_encoder.environment(gate))
+    try:
+        again = _gated_run(tmp_path, medium_sugarcrepe, cluster.address, gate, "--json")
+        out, err = again.communicate(timeout=300)
+    finally:
+        cluster.close()
+    assert again.returncode == 0, err
+    summary = json.loads(out)
+    assert 0 < summary["images_encoded"] < summary["images"]  # what committed before the loss is not encoded again
+    assert_same_content(tmp_path / "store", gated_reference)

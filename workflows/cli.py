@@ -147,9 +147,13 @@ class SourcePath(click.Path):
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Threads per local worker [default: 2 where a GPU encodes, else 1].")
 @click.option("--scheduler-address", default=None, help="Use an existing Dask scheduler instead of a local cluster.")
-@click.option("--slurm-jobs", type=click.IntRange(min=0), default=0, help="Start this many SLURM jobs (dask-jobqueue).")
+@click.option("--slurm-jobs", type=click.IntRange(min=0), default=0,
+              help="Run on this many SLURM jobs, one Dask worker each (settings: dask's jobqueue.slurm).")
+@click.option("--slurm-replacements", type=click.IntRange(min=0), default=10, show_default=True,
+              help="Jobs that may be submitted in place of jobs that end mid-run (cancelled, preempted, walltime).")
 @click.option("--worker-wait", type=click.FloatRange(min=0), default=600, show_default=True,
-              help="Seconds SLURM jobs or an existing scheduler may take to bring a first worker.")
+              help="Seconds a run may go without any worker (SLURM jobs or an existing scheduler) before it "
+                   "ends; rerunning resumes.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--decode-processes", type=click.IntRange(min=0), default=None,
               help="Decode images in this many processes per worker (0: in threads) [default: where a GPU "
@@ -172,7 +176,8 @@ class SourcePath(click.Path):
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def extract(source, fmt, dataset, model, encoder, pretrained, store_uri, storage_options, images_root, image_column,
-            caption_column, separator, split, workers, threads, scheduler_address, slurm_jobs, worker_wait, batch_size,
+            caption_column, separator, split, workers, threads, scheduler_address, slurm_jobs, slurm_replacements,
+            worker_wait, batch_size,
             decode_processes, device, rows_per_shard, tokens, tokenizer, layer, projected, dtype, retry_failed, replace,
             wait, as_json, quiet) -> None:
     """Encode SOURCE's unique images and texts into the store, once per encoder."""
@@ -186,7 +191,8 @@ def extract(source, fmt, dataset, model, encoder, pretrained, store_uri, storage
     request = EncoderRequest(model, pretrained, image_tokens, layer, projected, dtype, encoder, tokenizer)
     summary = run_extract(
         source, fmt, dataset, request, store_uri, images_root=images_root, split=split,
-        cluster=ClusterConfig(scheduler_address, slurm_jobs, workers, threads, worker_wait=worker_wait),
+        cluster=ClusterConfig(scheduler_address, slurm_jobs, workers, threads, worker_wait=worker_wait,
+                              slurm_replacements=slurm_replacements),
         options=ExtractOptions(batch_size, device, rows_per_shard, retry_failed, progress=not quiet, replace=replace,
                                wait=wait, decode_processes=decode_processes),
         reader=ReaderOptions(image_column, caption_column, separator), storage_options=storage_options,

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cache_schemas import open_store
-from pipeline.cluster import ClusterConfig, dask_client
+from pipeline.cluster import ClusterConfig, start_workers
 from pipeline.encoders import EncoderRequest, file_sha256
 from pipeline.extract import ExtractOptions, extract
 from trainer.diagnostic import diagnose_with
@@ -90,10 +90,10 @@ def run_demo(out: str, config: DemoConfig = DemoConfig(), progress: bool = True,
     log = functools.partial(_stage, timings=timings, progress=progress)
     for stale in ("store", "runs", "control"):  # results are recomputed; only the encoder checkpoint is reused
         shutil.rmtree(os.path.join(out, stale), ignore_errors=True)
-    with dask_client(ClusterConfig()) as client:
+    with start_workers(ClusterConfig()) as workers:
         if control is None:  # measured first: without it no result below means anything
             with log("positive control: can each head learn what is known to be in the tokens?"):
-                control = run_control(os.path.join(out, "control"), config, client, progress)
+                control = run_control(os.path.join(out, "control"), config, workers, progress)
             if progress:
                 print("\n".join(demo_report.control_verdicts(control)).replace("**", ""), flush=True)
         with log("generate the world"):
@@ -104,7 +104,7 @@ def run_demo(out: str, config: DemoConfig = DemoConfig(), progress: bool = True,
             store = os.path.join(out, "store")
             for split in SPLITS:
                 extract(world["jsonl"][split], "bivlc", f"world-{split}", _encoder_request(checkpoint), store,
-                        options=ExtractOptions(rows_per_shard=1024, progress=False), client=client)
+                        options=ExtractOptions(rows_per_shard=1024, progress=False), workers=workers)
     results = Results(counts=world["counts"])
     with log("zero-shot global cosine and the diagnostic"):
         _untrained_methods(store, config, results)
@@ -118,9 +118,9 @@ def run_demo(out: str, config: DemoConfig = DemoConfig(), progress: bool = True,
             "at_chance": {m: results.at_chance(m) for m in results.methods}}
 
 
-def run_control(out: str, config: DemoConfig, client, progress: bool) -> Results:
+def run_control(out: str, config: DemoConfig, workers, progress: bool) -> Results:
     """Every method on the positive control: global cosine, and each trained head over the seeds."""
-    built = build_control(out, config.control, client=client)
+    built = build_control(out, config.control, workers=workers)
     results = Results(counts=built.world["counts"])
     store = open_store(built.store)
     space = store.space(store.space_keys()[0])
@@ -144,10 +144,10 @@ def run_sweep(out: str, config: DemoConfig = DemoConfig(), points: tuple[dict[st
               progress: bool = True) -> list[dict[str, Any]]:
     """The study at each point of `points` (changes to the world config); plots swap accuracy and swap
     group score against complexity for every method."""
-    with dask_client(ClusterConfig()) as client:
+    with start_workers(ClusterConfig()) as workers:
         if progress:
             print("== positive control (once, for every point)", flush=True)
-        control = run_control(os.path.join(out, "control"), config, client, progress)
+        control = run_control(os.path.join(out, "control"), config, workers, progress)
     results = []
     for changes in points:
         label = _label(changes)

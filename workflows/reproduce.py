@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from cache_schemas import VlcacheError
-from pipeline.cluster import ClusterConfig, dask_client
+from pipeline.cluster import ClusterConfig, start_workers
 from pipeline.encoders import EncoderRequest
 from pipeline.extract import ExtractOptions, extract
 from trainer.metrics import markdown_table
@@ -67,10 +67,10 @@ def reproduce(out: str, sources: Sources, request: EncoderRequest, config: Repro
                 "sugarcrepe": (sources.sugarcrepe, "sugarcrepe", os.path.join(sources.coco, "val2017"), "test"),
                 "bivlc": (sources.bivlc, "bivlc", None, "test")}
     options = ExtractOptions(batch_size=config.batch_size, device=config.device, progress=progress)
-    with dask_client(cluster) as client:
+    with start_workers(cluster) as workers:
         for name, (path, fmt, images_root, split) in datasets.items():
             extract(path, fmt, name, request, store, images_root=images_root, split=split, options=options,
-                    client=client)
+                    workers=workers)
     reports = {"global": [_evaluate(out, store, "global", None, config.device)]}
     for head in config.heads:
         reports[head] = [_evaluate(out, store, head, _train(out, store, head, seed, config, progress), config.device)

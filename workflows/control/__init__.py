@@ -31,14 +31,14 @@ class ControlStore:
     world: dict[str, Any]  # what workflows.world.generate returned
 
 
-def build_control(out: str, world: WorldConfig = WORLD, client=None, progress: bool = False) -> ControlStore:
-    """Generate the control world under out/world and extract it into out/store (`client`: a Dask
-    client to reuse)."""
+def build_control(out: str, world: WorldConfig = WORLD, workers=None, progress: bool = False) -> ControlStore:
+    """Generate the control world under out/world and extract it into out/store (`workers`: started
+    Dask workers to reuse, `pipeline.cluster.start_workers`)."""
     generated = generate(os.path.join(out, "world"), world)
     store = os.path.join(out, "store")
     datasets = {split: f"control-{split}" for split in generated["jsonl"]}
     for split, name in datasets.items():
-        extract(generated["jsonl"][split], "bivlc", name, REQUEST, store, client=client,
+        extract(generated["jsonl"][split], "bivlc", name, REQUEST, store, workers=workers,
                 options=ExtractOptions(progress=progress))
     return ControlStore(store, datasets, generated)
 
