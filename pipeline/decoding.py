@@ -21,8 +21,11 @@ from .images import ImageError, decode, read_bytes
 
 
 def usable_cores() -> int:
-    """The cores this process may run on: a SLURM job's or a container's share, not the machine's."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    """The cores this process may run on: a SLURM job's or a container's share, not the machine's. A
+    SLURM that does not bind tasks to cores leaves the affinity open; the job's booking counts then."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    booked = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    return min(cores, int(booked)) if booked.isdigit() and int(booked) > 0 else cores
 
 
 # PIL releases the GIL while decoding and resizing, so threads overlap decode with encoding; a GPU

@@ -87,11 +87,25 @@ def _encoder(space: SpaceEmbeddings, task: ShardTask) -> Encoder:
     with _ENCODERS_LOCK:  # a worker with several threads loads the model once
         if key not in _ENCODERS:
             _ENCODERS.clear()  # frees the previous model's memory before loading another
-            if task.torch_threads:
-                torch.set_num_threads(task.torch_threads)
+            torch.set_num_threads(_torch_threads(task))
             spec = dataclasses.replace(space.spec, tokenizer_path=task.tokenizer_path or space.spec.tokenizer_path)
             _ENCODERS[key] = load_encoder(spec, task.pretrained, device)
         return _ENCODERS[key]
+
+
+def _torch_threads(task: ShardTask) -> int:
+    """Local workers are given their share of this machine. A remote worker (a SLURM job, another
+    machine) takes its own cores over its Dask threads: Dask's nanny starts it with OMP_NUM_THREADS=1,
+    which would leave torch one core of a CPU job's many."""
+    if task.torch_threads:
+        return task.torch_threads
+    try:
+        from distributed import get_worker
+
+        threads = get_worker().state.nthreads
+    except (ImportError, ValueError):
+        threads = 1
+    return max(1, usable_cores() // threads)
 
 
 def _device(requested: str) -> str:

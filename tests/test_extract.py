@@ -343,3 +343,24 @@ def test_decode_threads_and_local_workers_count_the_cores_a_job_may_use_not_the_
              "print(decoding.usable_cores(), decoding.DECODE_THREADS, ClusterConfig(workers=1).cores_per_worker())")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["1", "4", "1"]  # four decode threads is the floor, whatever the machine has
+
+
+def test_a_slurm_jobs_booking_caps_the_cores_and_a_remote_worker_gives_torch_its_share(monkeypatch):
+    """SLURM without CPU binding leaves the affinity open; SLURM_CPUS_PER_TASK is the job's share. A
+    remote worker's torch takes that share over the worker's threads (Dask's nanny would leave it one)."""
+    from distributed import Client, LocalCluster
+
+    from pipeline.decoding import usable_cores
+    from pipeline.shards import ShardTask, _torch_threads
+
+    machine = usable_cores()
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "1")
+    assert usable_cores() == 1
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", str(machine + 5))
+    assert usable_cores() == machine  # a booking beyond the affinity counts the affinity
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK")
+    task = ShardTask(None, "k", "images", 0, None, None, torch_threads=None)
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0") as cluster:
+        with Client(cluster) as client:
+            assert client.submit(_torch_threads, task).result() == max(1, machine // 2)
+    assert _torch_threads(ShardTask(None, "k", "images", 0, None, None, torch_threads=3)) == 3  # local: as told
