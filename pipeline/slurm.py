@@ -120,7 +120,10 @@ class SlurmJobs:
                     events.append(f"--slurm-replacements {self.replacements} reached: going on with "
                                   f"{len(self.jobs)} jobs")
                 break
-            job = self._submit(f"vlcache-{self._next_index}")
+            try:
+                job = self._submit(f"vlcache-{self._next_index}")
+            except VlcacheError as exc:
+                raise VlcacheError(f"{exc}; {RESUME}" if replacing else str(exc)) from None
             self._next_index += 1
             self.jobs[job.name] = job
             if replacing:
