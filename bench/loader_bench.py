@@ -190,7 +190,7 @@ def main() -> None:
             results.update(resident_epochs(space, examples, args))
             publish(args.out, "loader_bench_resident", results, "\n".join(epoch_table(results)) + "\n")
             return
-        oindex = _OIndexSpace(space.location, space.spec, space.geometry, writable=False)
+        oindex = _OIndexSpace(space.location, space.spec, space.geometry)
         for name, cls, source in (("block shuffle", BatchLoader, space),
                                   ("random permutation", _PermutationLoader, space),
                                   ("block shuffle, zarr orthogonal indexing", BatchLoader, oindex)):

@@ -23,11 +23,12 @@ from .store import DatasetTables, Store, open_store
 from .tables import text_hash
 from .verify import VerifyReport, verify
 from .version import SCHEMA_VERSION
+from .writer import SpaceWriter
 
 __all__ = [
     "EXTRACTION_VERSION", "SCHEMA_VERSION", "DatasetConflictError", "DatasetTables", "EmbeddingSpace",
     "ExportFileError", "Geometry", "InvalidSourceError", "InvalidSpecError", "Location", "SchemaVersionError",
-    "SpaceEmbeddings", "Store", "StoreBusyError", "StoreNotFoundError", "StoreNotWritableError",
+    "SpaceEmbeddings", "SpaceWriter", "Store", "StoreBusyError", "StoreNotFoundError", "StoreNotWritableError",
     "UnknownDatasetError", "UnknownSpaceError", "VerifyReport", "VlcacheError", "checksum",
     "open_store", "text_hash", "verify",
 ]

@@ -29,7 +29,7 @@ from . import tables
 from .embeddings import SpaceEmbeddings
 from .errors import ExportFileError, VlcacheError
 from .h5table import STRING, read_table, write_table
-from .layout import KINDS, ArrayLayout, Geometry, Kind, array_layouts
+from .layout import KINDS, ArrayLayout, Geometry, Kind, array_layouts, token_rows
 from .space import EmbeddingSpace
 from .store import DatasetTables, Store
 from .version import SCHEMA_VERSION, parse_schema_version
@@ -140,7 +140,7 @@ def _write_images(group: h5py.Group, space: SpaceEmbeddings, hashes: list[str], 
 def _write_texts(group: h5py.Group, space: SpaceEmbeddings, hashes: list[str], rows: np.ndarray) -> None:
     """Tokens back to back in the file's text order: text i's are values[offsets[i]:offsets[i+1]]."""
     group.create_dataset(HASHES["texts"], data=np.array(hashes, dtype=object), dtype=STRING)
-    lengths = space.token_index()[1][rows]
+    lengths = space.token_spans(rows)[1]
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     tokens = group.create_group("text_tokens")
     tokens.create_dataset("offsets", data=offsets)
@@ -368,9 +368,7 @@ class ExportFile:
         """The texts' tokens back to back, in the order asked, and each text's count."""
         index = np.asarray(index, dtype=np.int64)
         starts, lengths = self.offsets[index], np.diff(self.offsets)[index]
-        token_rows = np.concatenate([np.arange(s, s + n) for s, n in zip(starts, lengths)]) if len(index) else \
-            np.empty(0, np.int64)
-        return _take(self.dataset_of("text_tokens"), token_rows), lengths
+        return _take(self.dataset_of("text_tokens"), token_rows(starts, lengths)), lengths
 
     def check_values(self, kind: Kind, index: np.ndarray) -> None:
         """Refuse rows a store would read back as damage: all zeros, or not finite (store readers check

@@ -1,11 +1,16 @@
 """Rows no dataset refers to any more (after `cache rm` or `--replace`): counted, and collected on
 request a whole shard at a time. Rows that share a shard with needed rows stay: shards are written
-whole and never rewritten."""
+whole and never rewritten. Counting streams the space's rows against the datasets' hashes in Arrow."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from . import tables
 from .embeddings import SpaceEmbeddings
 from .layout import KINDS, Kind
 from .store import Store
@@ -18,24 +23,30 @@ class Garbage:
     shards: dict[Kind, list[int]] = field(default_factory=dict)  # committed shards none of whose rows is needed
 
 
-def referenced(store: Store) -> dict[Kind, set[str]]:
-    """Every content hash some dataset refers to."""
-    needed: dict[Kind, set[str]] = {"images": set(), "texts": set()}
+def referenced(store: Store) -> dict[Kind, pa.Array]:
+    """Every content hash some dataset refers to, once each."""
+    needed: dict[Kind, list[pa.ChunkedArray]] = {"images": [], "texts": []}
     for name in store.dataset_names():
         dataset = store.dataset(name)
-        needed["images"] |= set(dataset.images["hash"].to_pylist())
-        needed["texts"] |= set(dataset.texts["hash"].to_pylist())
-    return needed
+        needed["images"].append(dataset.images["hash"])
+        needed["texts"].append(dataset.texts["hash"])
+    return {kind: pc.unique(pa.chunked_array([c for a in arrays for c in a.chunks], tables.HASH).combine_chunks())
+            for kind, arrays in needed.items()}
 
 
-def find_garbage(space: SpaceEmbeddings, needed: dict[Kind, set[str]]) -> Garbage:
+def find_garbage(space: SpaceEmbeddings, needed: dict[Kind, pa.Array]) -> Garbage:
     garbage = Garbage(space.key)
     for kind in KINDS:
-        garbage.unreferenced[kind] = sum(h not in needed[kind] for h in space.view(kind)["hash"].to_pylist())
-        rows = space.committed_rows(kind)  # failed rows too: a shard is free only if nothing in it is needed
-        shards = rows["row"].to_numpy() // space.geometry.rows_per_shard
-        kept = {int(s) for s, h in zip(shards, rows["hash"].to_pylist()) if h in needed[kind]}
-        garbage.shards[kind] = sorted(set(shards.tolist()) - kept)
+        unreferenced, shards, kept = 0, set(), set()
+        for batch in space.ledger.row_batches(kind, ["hash", "row", "error"]):  # failed rows too: a shard
+            wanted = pc.is_in(batch["hash"], value_set=needed[kind]).to_numpy(zero_copy_only=False)  # is free
+            encoded = pc.is_null(batch["error"]).to_numpy(zero_copy_only=False)  # only if nothing in it is needed
+            unreferenced += int((encoded & ~wanted).sum())
+            in_shard = space.geometry.shard_of(batch["row"].to_numpy())
+            shards.update(np.unique(in_shard).tolist())
+            kept.update(np.unique(in_shard[wanted]).tolist())
+        garbage.unreferenced[kind] = unreferenced
+        garbage.shards[kind] = sorted(shards - kept)
     return garbage
 
 

@@ -9,7 +9,12 @@
                                            image_global, text_tokens (ragged, flat), text_global
       spaces/<key>/plans/<first-shard>.parquet   rows assigned to content, before encoding
       spaces/<key>/parts/{images,texts}/<shard>.parquet   commit records, one per encoded shard
-      spaces/<key>/index/{images,texts}.parquet   the parts' rows in one file (compacted), optional
+      spaces/<key>/index/{images,texts}.json     the index: its segments and the shards each covers
+      spaces/<key>/index/{images,texts}-<n>.parquet   a segment: the rows of the parts it covers
+      spaces/<key>/index/{images,texts}.parquet  the index of schema 1.2 and before (one segment), read as one
+
+A plan file covers consecutive shards, each holding rows of it: which shards a space has planned
+is known from the files' names and footers, without reading their rows.
 
 Shard s of a kind owns rows [s*R, (s+1)*R) of that kind's arrays (and, for texts, token rows
 [s*R*C, (s+1)*R*C) of text_tokens, C the context length), so each Zarr shard has exactly one writer.
@@ -19,6 +24,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
+
+import numpy as np
 
 from .errors import InvalidSpecError
 from .space import EmbeddingSpace
@@ -44,7 +51,16 @@ def plan_path(key: str, kind: Kind, first_shard: int) -> str:
 
 
 def index_path(key: str, kind: Kind) -> str:
+    """The one-file index of schema 1.2 and before."""
     return f"{space_dir(key)}/index/{kind}.parquet"
+
+
+def index_manifest(key: str, kind: Kind) -> str:
+    return f"{space_dir(key)}/index/{kind}.json"
+
+
+def index_segment(key: str, kind: Kind, number: int) -> str:
+    return f"{space_dir(key)}/index/{kind}-{number:06d}.parquet"
 
 
 def part_path(key: str, kind: Kind, shard: int) -> str:
@@ -69,11 +85,38 @@ class Geometry:
         chunk = next(c for c in (32, 16, 8, 4, 2, 1) if rows_per_shard % c == 0)
         return cls(rows_per_shard, chunk)
 
-    def shard_of(self, row: int) -> int:
+    def shard_of(self, row: int | np.ndarray) -> int | np.ndarray:
+        """The shard of a row (or of each row of an array)."""
         return row // self.rows_per_shard
 
     def shard_rows(self, shard: int) -> range:
         return range(shard * self.rows_per_shard, (shard + 1) * self.rows_per_shard)
+
+    def token_base(self, shard: int, context_length: int) -> int:
+        """The first text_tokens row a text shard owns: room for a full context per text."""
+        return shard * self.rows_per_shard * context_length
+
+    def token_offsets(self, rows: np.ndarray, n_tokens: np.ndarray, context_length: int) -> np.ndarray:
+        """Where each text's tokens go: packed back to back, in row order, from its shard's first token
+        row. `rows` sorted; returns one offset per row."""
+        rows, n_tokens = np.asarray(rows, np.int64), np.asarray(n_tokens, np.int64)
+        if not len(rows):
+            return np.empty(0, np.int64)
+        shards = self.shard_of(rows)
+        ends = np.cumsum(n_tokens)
+        first = np.flatnonzero(np.r_[True, shards[1:] != shards[:-1]])  # each shard's first text
+        before_shard = np.repeat((ends - n_tokens)[first], np.diff(np.r_[first, len(rows)]))
+        return shards * self.rows_per_shard * context_length + (ends - n_tokens - before_shard)
+
+
+def token_rows(offsets: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The text_tokens rows of texts with these offsets and token counts, back to back in their order."""
+    offsets, lengths = np.asarray(offsets, np.int64), np.asarray(lengths, np.int64)
+    total = int(lengths.sum())
+    if not total:
+        return np.empty(0, np.int64)
+    starts = np.repeat(offsets - np.r_[0, np.cumsum(lengths)[:-1]], lengths)
+    return starts + np.arange(total, dtype=np.int64)
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from .errors import (
 from .location import Location
 from .space import EmbeddingSpace
 from .version import SCHEMA_VERSION, parse_schema_version
+from .writer import SpaceWriter
 
 DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
@@ -76,6 +77,13 @@ class DatasetTables:
     def errors(self) -> pa.Table:
         return self._read("errors", tables.ERRORS)
 
+    @cached_property
+    def stamps(self) -> pa.Table:
+        """What the last extraction saw of the source's image files (empty before schema 1.3)."""
+        if not self.location.exists(f"{layout.dataset_dir(self.name)}/stamps.parquet"):
+            return tables.STAMPS.empty_table()
+        return self._read("stamps", tables.STAMPS)
+
 
 class Store:
     def __init__(self, location: Location, writable: bool):
@@ -103,9 +111,11 @@ class Store:
         return DatasetTables(self.location, name, self.location.read_json(rel))
 
     def register_dataset(self, name: str, items: pa.Table, images: pa.Table, texts: pa.Table,
-                         errors: pa.Table, source: dict[str, Any], replace: bool = False) -> DatasetTables:
-        """Write a dataset's tables, then its manifest (the commit). The same content again is a no-op;
-        different content under an existing name is refused, or with `replace` takes its place."""
+                         errors: pa.Table, source: dict[str, Any], replace: bool = False,
+                         stamps: pa.Table | None = None) -> DatasetTables:
+        """Write a dataset's tables, then its manifest (the commit). The same content again is a no-op
+        (but for `stamps`, what an extraction saw of its files, kept up to date when given); different
+        content under an existing name is refused, or with `replace` takes its place."""
         self._require_writable()
         if not DATASET_NAME.fullmatch(name):
             raise InvalidSpecError(f"dataset name {name!r} must be letters, digits, '.', '_' or '-' (max 128)")
@@ -117,7 +127,13 @@ class Store:
         }
         fingerprint = _fingerprint(conformed)
         with lease.hold(self.location, "datasets", f"registering dataset {name}"):
-            return self._register(name, conformed, fingerprint, source, replace)
+            registered = self._register(name, conformed, fingerprint, source, replace)
+            if stamps is not None:  # after the manifest: a cache of the source, not content
+                stamps = tables.conform(stamps, tables.STAMPS, "stamps")
+                if not registered.stamps.equals(stamps):
+                    self.location.write_parquet(f"{layout.dataset_dir(name)}/stamps.parquet", stamps)
+                    registered.__dict__.pop("stamps", None)
+            return registered
 
     def _register(self, name: str, conformed: dict[str, pa.Table], fingerprint: str,
                   source: dict[str, Any], replace: bool) -> DatasetTables:
@@ -164,12 +180,12 @@ class Store:
         """A space by its key, or by a model name when the store holds exactly one space of it."""
         keys = self.space_keys()
         if key not in keys:
-            matches = [k for k in keys if SpaceEmbeddings.open(self.location, k, False).spec.model == key]
+            matches = [k for k in keys if SpaceEmbeddings.open(self.location, k).spec.model == key]
             if len(matches) != 1:
                 found = f"{len(matches)} spaces of model {key!r}: {matches}" if matches else f"no space {key!r}"
                 raise UnknownSpaceError(f"{found} in {self.location.uri}; spaces: {keys or 'none'}")
             key = matches[0]
-        return SpaceEmbeddings.open(self.location, key, self.writable)
+        return SpaceEmbeddings.open(self.location, key)
 
     def space_or_only(self, key: str | None) -> SpaceEmbeddings:
         """The space named (a key, or a model with one space), or else the store's only space."""
@@ -185,15 +201,15 @@ class Store:
     @contextmanager
     def space_writer(self, spec: EmbeddingSpace, geometry: layout.Geometry, purpose: str, *,
                      wait: float = lease.WAIT, on_wait: Callable[[str], None] | None = None
-                     ) -> Iterator[SpaceEmbeddings]:
+                     ) -> Iterator[SpaceWriter]:
         """The space for `spec` (created if the store lacks it), written by this process alone for
         the block: another writer of the same space waits for it, up to `wait` seconds."""
         self._require_writable()
         with lease.hold(self.location, f"space-{spec.key}", purpose, wait=wait, on_wait=on_wait):
             if spec.key in self.space_keys():
-                yield SpaceEmbeddings.open(self.location, spec.key, True)
+                yield SpaceWriter.open(self.location, spec.key)
             else:
-                yield SpaceEmbeddings.create(self.location, spec, geometry)
+                yield SpaceWriter.create(self.location, spec, geometry)
 
     def _require_writable(self) -> None:
         if not self.writable:

@@ -40,6 +40,16 @@ ITEMS = pa.schema([
     pa.field("negative_captions", pa.list_(HASH), nullable=False),
     pa.field("negative_images", pa.list_(HASH), nullable=False),
 ])
+# What the last extraction saw of each image file (size and modification time, or an object's ETag),
+# with what its probe found: a rerun trusts the hash of a file whose stamp is unchanged instead of
+# reading it again. A cache of the source, not part of the dataset's content or fingerprint.
+STAMPS = pa.schema([
+    pa.field("uri", pa.string(), nullable=False),
+    pa.field("stamp", pa.string(), nullable=False),
+    pa.field("hash", HASH, nullable=False),
+    pa.field("width", pa.int32(), nullable=False),
+    pa.field("height", pa.int32(), nullable=False),
+])
 ERRORS = pa.schema([
     pa.field("source", pa.string(), nullable=False),
     pa.field("stage", pa.string(), nullable=False),  # source (an entry the reader skipped) | read | decode

@@ -7,7 +7,10 @@ from .errors import SchemaVersionError
 
 # 1.1: spaces/<key>/index/ (optional; 1.0 readers ignore it). 1.2: arrays name their dimensions
 # (dimension_names) and describe themselves (attribute "description"), so xarray opens them.
-SCHEMA_VERSION = "1.2"
+# 1.3: the index is segments listed by index/<kind>.json (1.2 readers find no index/<kind>.parquet
+# they can trust, or an older one, and read the commit records instead); a plan file covers
+# consecutive shards.
+SCHEMA_VERSION = "1.3"
 
 
 def parse_schema_version(value: object) -> tuple[int, int]:

@@ -7,10 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from cache_schemas import SpaceEmbeddings, checksum
+from cache_schemas import SpaceWriter, checksum
 
 
-def commit_image_shard(space: SpaceEmbeddings, shard: int, rows: pa.Table, arrays: dict[str, np.ndarray],
+def commit_image_shard(space: SpaceWriter, shard: int, rows: pa.Table, arrays: dict[str, np.ndarray],
                        errors: list[str | None]) -> None:
     """`rows`: the shard's planned rows, sorted by row; `arrays`: one block per image array, row for row
     (zeros where `errors` says the image failed)."""
@@ -22,7 +22,7 @@ def commit_image_shard(space: SpaceEmbeddings, shard: int, rows: pa.Table, array
     space.commit("images", shard, rows.append_column("error", pa.array(errors, pa.string())), checksums)
 
 
-def commit_text_shard(space: SpaceEmbeddings, shard: int, rows: pa.Table, tokens: np.ndarray,
+def commit_text_shard(space: SpaceWriter, shard: int, rows: pa.Table, tokens: np.ndarray,
                       pooled: np.ndarray) -> None:
     """`tokens`: the shard's text tokens packed from its first token row (as the plan's offsets say);
     `pooled`: one global embedding per planned row."""

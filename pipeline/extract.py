@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 from tqdm.auto import tqdm
 
@@ -24,7 +25,7 @@ from cache_schemas import (
     EmbeddingSpace,
     Geometry,
     InvalidSourceError,
-    SpaceEmbeddings,
+    SpaceWriter,
     VlcacheError,
     open_store,
     text_hash,
@@ -34,8 +35,8 @@ from cache_schemas import tables as schema
 from .cluster import ClusterConfig, Workers, start_workers
 from .encoders import EncoderRequest, describe, tokenizer_for
 from .encoders.base import pretrained_of
-from .images import Probe, probe_many
-from .plan import pending_work, plan_new_content
+from .images import Known, Probe, probe_many
+from .plan import plan_new_content
 from .readers import RawDataset, ReaderOptions, read_source
 from .shards import ShardResult, ShardTask, run_shard
 
@@ -58,6 +59,7 @@ class ExtractOptions:
     # Decode images in this many processes per worker (0: in threads). None: processes where a GPU
     # encodes (every core of the worker's share but two), threads where the CPU does.
     decode_processes: int | None = None
+    rehash: bool = False  # read every image again, even a file unchanged since the dataset's last run
 
 
 @dataclass
@@ -76,6 +78,8 @@ class Summary:
     shards_resumed: int  # of shards_run, those planned by an interrupted earlier run
     seconds: float
     worker_seconds: dict[str, float]  # summed over shards: model load, decode wait, encode, write
+    images_read: int = 0  # image files read and hashed by this run
+    images_trusted: int = 0  # files unchanged since the dataset's last run: their hash taken, not read
     workers_lost: int = 0  # workers (SLURM jobs, remote workers) that left mid-run
     shards_reassigned: int = 0  # shards those workers held, which other workers then ran
 
@@ -86,6 +90,8 @@ class Summary:
             f"encoded {self.images_encoded} images and {self.texts_encoded} texts "
             f"({self.images_present} images and {self.texts_present} texts already present)",
             f"failed {self.failed} images (see `vlcache cache info` and the errors table)",
+            f"hashed {self.images_read} images; {self.images_trusted} unchanged since the last run, not read again "
+            "(--rehash reads them)",
             f"{self.shards_run} shards in {self.seconds:.1f}s ({self.shards_resumed} resumed from an earlier run)",
             *([f"worker time: {', '.join(f'{k} {v:.1f}s' for k, v in self.worker_seconds.items())}"]
               if self.worker_seconds else []),
@@ -111,11 +117,13 @@ def extract(source: str, fmt: str, dataset: str, encoder: EncoderRequest, store_
     with nullcontext(workers) if workers else start_workers(cluster) as workers:
         losses_before = workers.lost, workers.reassigned  # workers may serve several extractions
         store = open_store(store_uri, mode="a", storage_options=storage_options)
-        probes = _probe_images(workers, raw.image_uris(), options.progress)
+        uris = raw.image_uris()
+        known = None if options.rehash else _known_probes(store, dataset, uris)
+        probes = _probe_images(workers, uris, known, options.progress)
         _require_some_image(probes)
         tables = dataset_tables(raw, probes)
         registered = store.register_dataset(dataset, **tables, source={"uri": os.path.abspath(source), "format": fmt},
-                                            replace=options.replace)
+                                            replace=options.replace, stamps=_stamps(probes))
         geometry = Geometry.for_shard_rows(options.rows_per_shard)
         with store.space_writer(spec, geometry, f"vlcache extract --dataset {dataset}", wait=options.wait,
                                 on_wait=lambda message: print(message, file=sys.stderr)) as space:
@@ -124,8 +132,10 @@ def extract(source: str, fmt: str, dataset: str, encoder: EncoderRequest, store_
             plan_new_content(space, registered, tokenizer_for(spec).count, retry_failed=options.retry_failed)
             # Workers get the weights as found here (a checkpoint's absolute path): their folder may not be ours.
             results = _encode(workers, space, spec, cluster, options)
+            for kind in ("images", "texts"):
+                space.committed_by_workers(kind, [r.shard for r in results if r.kind == kind])
             if results:
-                space.compact()  # the next reader opens one index file, not one part per commit
+                space.compact()  # indexes this run's commits: the next reader opens segments, not parts
     resumed = sum(r.shard in interrupted[r.kind] for r in results)
     return Summary(
         dataset=dataset, space=space.key, items=registered.items.num_rows,
@@ -135,7 +145,8 @@ def extract(source: str, fmt: str, dataset: str, encoder: EncoderRequest, store_
         texts_encoded=sum(r.rows - r.failed for r in results if r.kind == "texts"),
         failed=registered.errors.num_rows + sum(r.failed for r in results),
         shards_run=len(results), shards_resumed=resumed, seconds=time.perf_counter() - started,
-        worker_seconds=_stage_totals(results), workers_lost=workers.lost - losses_before[0],
+        worker_seconds=_stage_totals(results), images_trusted=sum(p.trusted for p in probes.values()),
+        images_read=sum(not p.trusted for p in probes.values()), workers_lost=workers.lost - losses_before[0],
         shards_reassigned=workers.reassigned - losses_before[1],
     )
 
@@ -152,11 +163,31 @@ def _stage_totals(results: list[ShardResult]) -> dict[str, float]:
     return totals
 
 
-def _probe_images(workers: Workers, uris: list[str], progress: bool) -> dict[str, Probe]:
+def _known_probes(store, dataset: str, uris: list[str]) -> list[Known | None] | None:
+    """What the dataset's last run probed of each of these files (its stamps), by URI."""
+    if dataset not in store.dataset_names():
+        return None
+    stamps = store.dataset(dataset).stamps
+    if not stamps.num_rows:
+        return None
+    where = pc.index_in(pa.array(uris, pa.string()), value_set=stamps["uri"]).fill_null(-1).to_numpy()
+    columns = [stamps[c].to_pylist() for c in ("stamp", "hash", "width", "height")]
+    return [Known(*(c[i] for c in columns)) if i >= 0 else None for i in where.tolist()]
+
+
+def _stamps(probes: dict[str, Probe]) -> pa.Table:
+    rows = [p for p in probes.values() if p.hash is not None and p.stamp is not None]
+    return pa.table({"uri": [p.uri for p in rows], "stamp": [p.stamp for p in rows], "hash": [p.hash for p in rows],
+                     "width": [p.width for p in rows], "height": [p.height for p in rows]}, schema=schema.STAMPS)
+
+
+def _probe_images(workers: Workers, uris: list[str], known: list[Known | None] | None,
+                  progress: bool) -> dict[str, Probe]:
     batches = [uris[i:i + PROBE_BATCH] for i in range(0, len(uris), PROBE_BATCH)]
+    priors = [known[i:i + PROBE_BATCH] if known else None for i in range(0, len(uris), PROBE_BATCH)]
     probes: dict[str, Probe] = {}
     with tqdm(total=len(uris), desc="hashing images", unit="img", disable=not progress) as bar:
-        for future in workers.as_completed(workers.client.map(probe_many, batches, pure=False)):
+        for future in workers.as_completed(workers.client.map(probe_many, batches, priors, pure=False)):
             found = future.result()
             probes.update((p.uri, p) for p in found)
             bar.update(len(found))
@@ -201,17 +232,16 @@ def dataset_tables(raw: RawDataset, probes: dict[str, Probe]) -> dict[str, pa.Ta
     }
 
 
-def _present(space: SpaceEmbeddings, kind: str, dataset: DatasetTables) -> int:
-    have = set(space.view(kind)["hash"].to_pylist())
+def _present(space: SpaceWriter, kind: str, dataset: DatasetTables) -> int:
     content = dataset.images if kind == "images" else dataset.texts
-    return sum(h in have for h in content["hash"].to_pylist())
+    return space.lookup(kind, content["hash"]).num_rows
 
 
-def _encode(workers: Workers, space: SpaceEmbeddings, spec: EmbeddingSpace, cluster: ClusterConfig,
+def _encode(workers: Workers, space: SpaceWriter, spec: EmbeddingSpace, cluster: ClusterConfig,
             options: ExtractOptions) -> list[ShardResult]:
     """Run every planned shard that has not committed; workers load weights and tokenizer from where
     `spec` (described here) found them."""
-    plans = {kind: pending_work(space, kind) for kind in ("images", "texts")}
+    plans = {kind: space.pending_work(kind) for kind in ("images", "texts")}
     tasks = [ShardTask(space.location, space.key, kind, shard, rows, pretrained_of(spec), spec.tokenizer_path,
                        options.device, options.batch_size, cluster.torch_threads(), options.decode_processes,
                        cluster.cores_per_worker())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import warnings
 from dataclasses import dataclass
 
@@ -36,6 +37,18 @@ class Probe:
     height: int = 0
     stage: str | None = None  # set, with message, when the image is unusable
     message: str | None = None
+    stamp: str | None = None  # the file's size and modification time (or ETag) when it was probed
+    trusted: bool = False  # taken from an earlier probe of the same unchanged file, not read again
+
+
+@dataclass(frozen=True)
+class Known:
+    """What an earlier run probed of a file: trusted while the file's stamp is the same."""
+
+    stamp: str
+    hash: str
+    width: int
+    height: int
 
 
 def read_bytes(uri: str) -> bytes:
@@ -62,9 +75,46 @@ def probe(uri: str) -> Probe:
         return Probe(uri, stage=exc.stage, message=str(exc))
 
 
-def probe_many(uris: list[str]) -> list[Probe]:
-    """One Dask task's worth of probes; lives here so workers need not import torch to run it."""
-    return [probe(uri) for uri in uris]
+def probe_many(uris: list[str], known: list[Known | None] | None = None) -> list[Probe]:
+    """One Dask task's worth of probes; lives here so workers need not import torch to run it. An
+    image whose file has the stamp it had when `known` was probed is not read again."""
+    stamps: dict[str, str | None] = {}  # one look per file: the images of a tar or table share theirs
+    probes = []
+    for uri, prior in zip(uris, known or [None] * len(uris)):
+        holder = file_of(uri)
+        if holder not in stamps:
+            stamps[holder] = stamp(holder)
+        now = stamps[holder]
+        if prior is not None and now is not None and prior.stamp == now:
+            probes.append(Probe(uri, prior.hash, prior.width, prior.height, stamp=now, trusted=True))
+        else:
+            found = probe(uri)
+            probes.append(Probe(found.uri, found.hash, found.width, found.height, found.stage, found.message, now))
+    return probes
+
+
+def file_of(uri: str) -> str:
+    """The file an image's bytes live in: itself, or the tar shard or table holding it."""
+    if uri.startswith(embedded.SCHEME):
+        return embedded.table_path(uri)
+    if uri.startswith("tar://") and "::" in uri:
+        return uri.split("::", 1)[1]
+    return uri
+
+
+def stamp(path: str) -> str | None:
+    """Size and modification time of a local file, or size and ETag (else modification time) of an
+    object: what says it is unchanged. None where it cannot be looked at (the probe then reads it)."""
+    try:
+        if "://" not in path:
+            info = os.stat(path)
+            return f"{info.st_size}:{info.st_mtime_ns}"
+        fs, inner = fsspec.core.url_to_fs(path)
+        info = fs.info(inner)
+    except (OSError, ValueError):
+        return None
+    changed = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified")
+    return f"{info.get('size')}:{changed}" if changed is not None else None
 
 
 def decode(data: bytes, size: int) -> Image.Image:

@@ -16,14 +16,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from cache_schemas import InvalidSpecError, SpaceEmbeddings, StoreNotFoundError, open_store
+from cache_schemas import InvalidSpecError, SpaceWriter, StoreNotFoundError, open_store
 from cache_schemas.exchange import FORMAT, ExportFile
 from cache_schemas.layout import KINDS, Kind
 from cache_schemas.lease import WAIT
 from cache_schemas.store import DATASET_NAME
 
 from .commit import commit_image_shard, commit_text_shard
-from .plan import pending_work, plan_new_content
+from .plan import plan_new_content
 
 
 @dataclass
@@ -67,8 +67,10 @@ def import_hdf5(path: str, store_uri: str, dataset: str | None = None, *, replac
             # retry_failed: content the space failed to encode is lacking, and the file has its numbers
             plan_new_content(space, export.content(), export.count_tokens, retry_failed=True)
             written, left = _write_pending(space, export)
+            for kind in KINDS:
+                space.committed_by_workers(kind, list(written[kind]))
             if sum(len(shards) for shards in written.values()):
-                space.compact()  # as extract does: the next reader opens one index file
+                space.compact()  # as extract does: the next reader opens segments, not parts
     return ImportSummary(
         dataset=name, space=export.spec.key, store=store_uri,
         in_file={kind: len(export.hashes[kind]) for kind in KINDS},
@@ -88,21 +90,21 @@ def _committed(store_uri: str, storage_options: dict | None, export: ExportFile)
     if export.spec.key not in store.space_keys():
         return {kind: set() for kind in KINDS}
     space = store.space(export.spec.key)
-    return {kind: set(space.view(kind)["hash"].to_pylist()) for kind in KINDS}
+    return {kind: set(space.lookup(kind, export.hashes[kind])["hash"].to_pylist()) for kind in KINDS}
 
 
 def _source(path: str, export: ExportFile) -> dict[str, Any]:
     return {"uri": os.path.abspath(path), "format": FORMAT, "exported_from": export.source}
 
 
-def _write_pending(space: SpaceEmbeddings, export: ExportFile) -> tuple[dict[Kind, dict[int, int]], int]:
+def _write_pending(space: SpaceWriter, export: ExportFile) -> tuple[dict[Kind, dict[int, int]], int]:
     """Write every pending shard the file has all the content of; return {kind: {shard: rows}} written
     and how many pending shards were left. A pending shard planned by an interrupted import is
     resumed here; one planned by an extraction for content the file lacks is left for extract."""
     written: dict[Kind, dict[int, int]] = {kind: {} for kind in KINDS}
     left = 0
     for kind in KINDS:
-        for shard, rows in pending_work(space, kind):
+        for shard, rows in space.pending_work(kind):
             index = export.index(kind, rows["hash"].to_pylist())
             if (index < 0).any():
                 left += 1
@@ -115,7 +117,7 @@ def _write_pending(space: SpaceEmbeddings, export: ExportFile) -> tuple[dict[Kin
     return written, left
 
 
-def _write_images(space: SpaceEmbeddings, export: ExportFile, shard: int, rows: pa.Table, index: np.ndarray) -> bool:
+def _write_images(space: SpaceWriter, export: ExportFile, shard: int, rows: pa.Table, index: np.ndarray) -> bool:
     arrays = {name: export.read(name, index) for name in space.arrays("images")}
     for name, block in arrays.items():
         export.check_block(name, "images", index, block)
@@ -123,7 +125,7 @@ def _write_images(space: SpaceEmbeddings, export: ExportFile, shard: int, rows: 
     return True
 
 
-def _write_texts(space: SpaceEmbeddings, export: ExportFile, shard: int, rows: pa.Table, index: np.ndarray) -> bool:
+def _write_texts(space: SpaceWriter, export: ExportFile, shard: int, rows: pa.Table, index: np.ndarray) -> bool:
     """False when the shard's planned token counts are not the file's (an extraction planned it with a
     tokenizer that counts otherwise): extract encodes it instead."""
     tokens, lengths = export.read_tokens(index)

@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from cache_schemas import Location, SpaceEmbeddings
+from cache_schemas import Location, SpaceWriter
 from cache_schemas.layout import Kind
 
 from .commit import commit_image_shard, commit_text_shard
@@ -72,7 +72,7 @@ class ShardResult:
 
 def run_shard(task: ShardTask) -> ShardResult:
     started, stages = time.perf_counter(), Stages()
-    space = SpaceEmbeddings.open(task.location, task.space_key, writable=True)
+    space = SpaceWriter.open(task.location, task.space_key)
     with stages.time("load"):
         encoder = _encoder(space, task)
     encode = _encode_images if task.kind == "images" else _encode_texts
@@ -80,7 +80,7 @@ def run_shard(task: ShardTask) -> ShardResult:
     return ShardResult(task.kind, task.shard, task.rows.num_rows, failed, time.perf_counter() - started, stages)
 
 
-def _encoder(space: SpaceEmbeddings, task: ShardTask) -> Encoder:
+def _encoder(space: SpaceWriter, task: ShardTask) -> Encoder:
     """One encoder per worker process, loaded on first use and kept for every later shard."""
     device = _device(task.device)
     key = (space.key, task.pretrained, device)
@@ -128,7 +128,7 @@ def _worker_index() -> int:
 
 # -- images ---------------------------------------------------------------------------------------
 
-def _encode_images(space: SpaceEmbeddings, encoder: Encoder, task: ShardTask, stages: Stages) -> int:
+def _encode_images(space: SpaceWriter, encoder: Encoder, task: ShardTask, stages: Stages) -> int:
     rows, n = task.rows, task.rows.num_rows
     out = {name: np.zeros((n, *space.layouts[name].row_shape), space.spec.dtype) for name in space.arrays("images")}
     errors: list[str | None] = [None] * n
@@ -204,7 +204,7 @@ def _pixels(loaded) -> torch.Tensor | ImageError:
 
 # -- texts ----------------------------------------------------------------------------------------
 
-def _encode_texts(space: SpaceEmbeddings, encoder: Encoder, task: ShardTask, stages: Stages) -> int:
+def _encode_texts(space: SpaceWriter, encoder: Encoder, task: ShardTask, stages: Stages) -> int:
     rows, n = task.rows, task.rows.num_rows
     base = space.token_base(task.shard)
     offsets = rows["offset"].to_numpy() - base

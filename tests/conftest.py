@@ -22,7 +22,7 @@ def run_extract(source, fmt, dataset, store, rows_per_shard=8, request=TINY, **k
     """Extract with test-sized shards (many shards, so resume and alignment are exercised)."""
     options = ExtractOptions(rows_per_shard=rows_per_shard, progress=False, batch_size=kwargs.pop("batch_size", 16),
                              retry_failed=kwargs.pop("retry_failed", False), replace=kwargs.pop("replace", False),
-                             decode_processes=kwargs.pop("decode_processes", 0))
+                             decode_processes=kwargs.pop("decode_processes", 0), rehash=kwargs.pop("rehash", False))
     return extract(str(source), fmt, dataset, request, str(store), cluster=kwargs.pop("cluster", IN_PROCESS),
                    options=options, **kwargs)
 

@@ -4,6 +4,7 @@ import json
 import os
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 import torch
@@ -123,6 +124,96 @@ def test_extracting_again_encodes_nothing(small_sugarcrepe, tmp_path):
     assert first.images_encoded == first.images > 0 and first.texts_encoded == first.texts > 0
     assert (again.images_encoded, again.texts_encoded, again.shards_run) == (0, 0, 0)
     assert (again.images_present, again.texts_present) == (first.images, first.texts)
+
+
+def test_a_rerun_reads_no_image_file_unchanged_since_it_was_hashed(small_sugarcrepe, tmp_path):
+    """Size and modification time as the last run saw them: the hash is trusted, the file not read.
+    A file touched since is read again (its content, here the same, decides); --rehash reads all."""
+    import shutil
+
+    annotations, images = small_sugarcrepe
+    root = tmp_path / "images"
+    shutil.copytree(images, root)
+    first = run_extract(annotations, "sugarcrepe", "sc", tmp_path / "store", images_root=str(root))
+    assert (first.images_read, first.images_trusted) == (first.images, 0)
+    again = run_extract(annotations, "sugarcrepe", "sc", tmp_path / "store", images_root=str(root))
+    assert (again.images_read, again.images_trusted) == (0, first.images)
+    assert "hashed 0 images; 11 unchanged since the last run, not read again" in "\n".join(again.lines())
+    touched = sorted(root.iterdir())[0]
+    os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 10**9))
+    third = run_extract(annotations, "sugarcrepe", "sc", tmp_path / "store", images_root=str(root))
+    assert (third.images_read, third.images_trusted) == (1, first.images - 1)
+    assert third.images_encoded == 0  # the same bytes: the same hash, nothing to encode
+    rehashed = run_extract(annotations, "sugarcrepe", "sc", tmp_path / "store", images_root=str(root), rehash=True)
+    assert (rehashed.images_read, rehashed.images_trusted) == (first.images, 0)
+
+
+def test_a_changed_file_is_read_again_and_its_new_content_encoded(tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (16, 16), "red").save(tmp_path / "a.png")
+    (tmp_path / "a.jsonl").write_text(json.dumps({"image": str(tmp_path / "a.png"), "caption": "a square"}) + "\n")
+    run_extract(tmp_path / "a.jsonl", "jsonl", "a", tmp_path / "store")
+    Image.new("RGB", (16, 24), "blue").save(tmp_path / "a.png")  # another size: the stamp changes
+    changed = run_extract(tmp_path / "a.jsonl", "jsonl", "a", tmp_path / "store", replace=True)
+    assert (changed.images_read, changed.images_encoded) == (1, 1)
+    assert open_store(tmp_path / "store").dataset("a").images["height"].to_pylist() == [24]
+
+
+def test_one_extraction_reads_each_plan_file_once(small_sugarcrepe, tmp_path, monkeypatch):
+    """The ledger reads plan files' footers when the space is opened, and their rows in one scan:
+    planning, resuming and encoding read nothing again."""
+    from collections import Counter
+
+    from cache_schemas import ledger
+
+    annotations, images = small_sugarcrepe
+    run_extract(annotations, "sugarcrepe", "a", tmp_path / "store", images_root=images)
+    (tmp_path / "b.jsonl").write_text(json.dumps({"image": f"{images}/000000.png", "caption": "new"}) + "\n")
+    run_extract(tmp_path / "b.jsonl", "jsonl", "b", tmp_path / "store")  # a second texts plan (its image is there)
+    footers, rows = Counter(), Counter()
+    real_range, real_batches = ledger._row_range, ledger.Ledger.batches
+
+    def counted_range(location, rel):
+        if "/plans/" in rel:
+            footers[rel] += 1
+        return real_range(location, rel)
+
+    def counted_batches(self, rel, schema, what):
+        if "/plans/" in rel:
+            rows[rel] += 1
+        return real_batches(self, rel, schema, what)
+
+    monkeypatch.setattr(ledger, "_row_range", counted_range)
+    monkeypatch.setattr(ledger.Ledger, "batches", counted_batches)
+    (tmp_path / "c.jsonl").write_text(json.dumps({"image": f"{images}/000001.png", "caption": "newer"}) + "\n")
+    summary = run_extract(tmp_path / "c.jsonl", "jsonl", "c", tmp_path / "store")
+    assert summary.texts_encoded == 1
+    plans = [f"plans/{n}" for n in os.listdir(tmp_path / "store" / "spaces" / summary.space / "plans")]
+    assert len(plans) == 4  # images: 1, texts: 3 (this run's is written, never read)
+    assert all(n == 1 for n in footers.values()) and all(n == 1 for n in rows.values()), (footers, rows)
+    assert len(footers) == 3 and len(rows) == 3
+
+
+def test_the_index_stays_a_few_segments_and_equals_the_parts(tmp_path):
+    """Each extraction indexes its own commits in a new segment; the newest merge while they are of a
+    size, so twenty extractions leave a handful of segments, with exactly the parts' rows."""
+    from PIL import Image
+
+    from cache_schemas.layout import index_manifest
+
+    store = tmp_path / "store"
+    for i in range(20):
+        Image.new("RGB", (16, 16), (i * 10, 0, 0)).save(tmp_path / f"{i}.png")
+        (tmp_path / f"{i}.jsonl").write_text(json.dumps({"image": str(tmp_path / f"{i}.png"), "caption": f"c{i}"}))
+        run_extract(tmp_path / f"{i}.jsonl", "jsonl", f"d{i}", store)
+    space = open_store(store).space("vlcache-tiny")
+    segments = json.loads((store / index_manifest(space.key, "images")).read_text())["segments"]
+    assert 1 <= len(segments) <= 5 and sum(s["rows"] for s in segments) == 20
+    assert (store / "spaces" / space.key / "index").glob("images-*.parquet")
+    from_parts = pa.concat_tables([space.part("images", s)[0] for s in space.listed_shards("images")])
+    assert space.committed_rows("images").sort_by("row").equals(from_parts.sort_by("row"))
+    assert len(list((store / "spaces" / space.key / "index").glob("images-*.parquet"))) == len(segments)
 
 
 def test_a_second_dataset_encodes_only_new_content(tmp_path):

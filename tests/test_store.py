@@ -136,7 +136,8 @@ def test_the_index_gives_the_same_rows_as_the_parts_and_follows_collection(tmp_p
     run_extract(annotations, "sugarcrepe", "sc", path, images_root=images)  # extract compacts as it finishes
     (key,) = open_store(path).space_keys()
     index = path / "spaces" / key / "index"
-    assert sorted(p.name for p in index.iterdir()) == ["images.parquet", "texts.parquet"]
+    assert sorted(p.name for p in index.iterdir()) == ["images-000001.parquet", "images.json",
+                                                        "texts-000001.parquet", "texts.json"]
     indexed = {kind: open_store(path).space(key).view(kind).sort_by("row") for kind in ("images", "texts")}
     shutil.rmtree(index)  # a 1.0 store: every part read
     for kind, table in indexed.items():
@@ -152,6 +153,38 @@ def test_the_index_gives_the_same_rows_as_the_parts_and_follows_collection(tmp_p
     assert space.view("texts")["text"].to_pylist() == ["new"]  # texts had shards of their own
     assert store.dataset("more").images["hash"][0].as_py() in space.view("images")["hash"].to_pylist()
     assert find_garbage(space, referenced(store)).shards == {"images": [], "texts": []}
+    assert verify(open_store(path)).ok
+
+
+def test_a_schema_1_2_index_is_read_then_taken_over_by_compact(tmp_path, small_sugarcrepe):
+    """A 1.2 store's index is one file per kind, its shards in the footer: read as one segment, and
+    listed by the manifest the next compaction writes (the store then says 1.3)."""
+    import pyarrow.parquet as pq
+
+    annotations, images = small_sugarcrepe
+    path = tmp_path / "store"
+    run_extract(annotations, "sugarcrepe", "sc", path, images_root=images)
+    (key,) = open_store(path).space_keys()
+    before = {kind: open_store(path).space(key).view(kind).sort_by("row") for kind in ("images", "texts")}
+    index = path / "spaces" / key / "index"
+    for kind in ("images", "texts"):  # as a 1.2 writer left it
+        rows = pq.read_table(index / f"{kind}-000001.parquet")
+        shards = sorted(set((rows["row"].to_numpy() // 8).tolist()))
+        pq.write_table(rows.replace_schema_metadata({"vlcache": json.dumps({"shards": shards})}),
+                       index / f"{kind}.parquet")
+        (index / f"{kind}-000001.parquet").unlink()
+        (index / f"{kind}.json").unlink()
+    manifest = json.loads((path / "vlcache.json").read_text())
+    (path / "vlcache.json").write_text(json.dumps({**manifest, "schema_version": "1.2"}))
+    space = open_store(path).space(key)
+    assert space.indexed_shards("images") == set(space.committed_shards("images"))
+    for kind, table in before.items():
+        assert space.view(kind).sort_by("row").equals(table)
+    assert main(["cache", "compact", str(path)]) == 0
+    assert json.loads((index / "images.json").read_text())["segments"][0]["file"] == "images.parquet"
+    assert json.loads((path / "vlcache.json").read_text())["schema_version"] == "1.3"
+    for kind, table in before.items():
+        assert open_store(path).space(key).view(kind).sort_by("row").equals(table)
     assert verify(open_store(path)).ok
 
 

@@ -19,10 +19,12 @@ from dataclasses import dataclass, field, fields
 from functools import cached_property
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
 from cache_schemas import DatasetTables, SpaceEmbeddings, VlcacheError
+from cache_schemas.layout import token_rows
 
 # What a head may ask for, and the store array each comes from.
 IMAGE_INPUTS = {"patches": "image_patches", "cls": "image_cls", "values": "image_values", "global": "image_global"}
@@ -55,14 +57,14 @@ class Examples:
             if split not in splits:
                 raise VlcacheError(f"dataset {dataset.name} has no split {split!r}; splits: {sorted(splits)}")
             items = items.filter(pc.equal(items["split"], split))
-        image = space.rows("images", items["image"].to_pylist())
-        caption = space.rows("texts", items["caption"].to_pylist())
+        image = space.rows("images", items["image"])
+        caption = space.rows("texts", items["caption"])
         keep = (image >= 0) & (caption >= 0)
         if not keep.any():
             raise VlcacheError(f"no item of dataset {dataset.name} has its image and caption in space {space.key}: "
                                f"extract the dataset with this encoder first")
-        negatives = _padded_rows(space, "texts", items["negative_captions"].to_pylist())
-        negative_images = _padded_rows(space, "images", items["negative_images"].to_pylist())
+        negatives = _padded_rows(space, "texts", items["negative_captions"])
+        negative_images = _padded_rows(space, "images", items["negative_images"])
         column = lambda name: np.array(items[name].to_pylist(), dtype=object)[keep]  # noqa: E731
         return cls(column("item_id"), column("subset"), column("type"), column("subtype"), image[keep],
                    caption[keep], negatives[keep], negative_images[keep], dropped=int((~keep).sum()))
@@ -72,13 +74,18 @@ class Examples:
         return bool((self.negatives >= 0).any())
 
 
-def _padded_rows(space: SpaceEmbeddings, kind: str, lists: list[list[str]]) -> np.ndarray:
-    width = max((len(x) for x in lists), default=0)
-    out = np.full((len(lists), max(width, 1)), -1, dtype=np.int64)
-    for i, hashes in enumerate(lists):
-        rows = space.rows(kind, hashes)
-        rows = rows[rows >= 0]
-        out[i, : len(rows)] = rows
+def _padded_rows(space: SpaceEmbeddings, kind: str, lists: pa.ChunkedArray) -> np.ndarray:
+    """Each item's list of hashes as rows, the ones the space has first, -1 after: one lookup for all."""
+    lists = lists.combine_chunks()
+    rows = space.rows(kind, pc.list_flatten(lists))
+    owner = pc.list_parent_indices(lists).to_numpy()
+    found = rows >= 0
+    rows, owner = rows[found], owner[found]
+    position = np.arange(len(rows)) - np.searchsorted(owner, owner)  # place within its item's found rows
+    width = int(position.max()) + 1 if len(rows) else 0
+    width = max(width, int(pc.max(pc.list_value_length(lists)).as_py() or 0), 1)
+    out = np.full((len(lists), width), -1, dtype=np.int64)
+    out[owner, position] = rows
     return out
 
 
@@ -147,8 +154,7 @@ def _take(data: np.ndarray | torch.Tensor, index: np.ndarray) -> np.ndarray | to
 
 
 def _token_rows(space: SpaceEmbeddings, text_rows: np.ndarray) -> np.ndarray:
-    offsets, lengths = space.token_index()
-    return np.concatenate([np.arange(o, o + n) for o, n in zip(offsets[text_rows], lengths[text_rows])])
+    return token_rows(*space.token_spans(text_rows))
 
 
 @dataclass
@@ -218,10 +224,10 @@ class BatchLoader:
         named = {"images": np.concatenate([ex.image, ex.negative_images.ravel()]),
                  "texts": np.concatenate([ex.caption, ex.negatives.ravel()])}
         unique = {kind: np.unique(rows[rows >= 0]) for kind, rows in named.items()}
-        total, token_counts = 0, self.space.token_index()[1]
+        total = 0
         for name in self._arrays("image") + self._arrays("text"):
             layout = self.space.layouts[name]
-            count = int(token_counts[unique["texts"]].sum()) if layout.ragged else len(unique[layout.kind])
+            count = int(self.space.token_spans(unique["texts"])[1].sum()) if layout.ragged else len(unique[layout.kind])
             total += count * int(np.prod(layout.row_shape)) * np.dtype(self.space.spec.dtype).itemsize
         return total
 

@@ -169,6 +169,8 @@ class SourcePath(click.Path):
 @click.option("--projected/--raw", default=False, show_default=True, help="Project tokens into the joint space.")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
 @click.option("--retry-failed", is_flag=True, help="Try images that failed in an earlier run again.")
+@click.option("--rehash", is_flag=True, help="Read and hash every image again, even files whose size and "
+              "modification time (or ETag) are what the dataset's last run saw.")
 @click.option("--replace", is_flag=True, help="Replace a dataset of the same name whose content differs "
               "(after fixing its source); its embeddings already stored are kept and reused.")
 @click.option("--wait", type=click.FloatRange(min=0), default=3600, show_default=True,
@@ -179,7 +181,7 @@ def extract(source, fmt, dataset, model, encoder, pretrained, store_uri, storage
             caption_column, separator, split, workers, threads, scheduler_address, slurm_jobs, slurm_replacements,
             worker_wait, batch_size,
             decode_processes, device, rows_per_shard, tokens, tokenizer, layer, projected, dtype, retry_failed, replace,
-            wait, as_json, quiet) -> None:
+            rehash, wait, as_json, quiet) -> None:
     """Encode SOURCE's unique images and texts into the store, once per encoder."""
     from pipeline.cluster import ClusterConfig
     from pipeline.encoders import EncoderRequest
@@ -194,7 +196,7 @@ def extract(source, fmt, dataset, model, encoder, pretrained, store_uri, storage
         cluster=ClusterConfig(scheduler_address, slurm_jobs, workers, threads, worker_wait=worker_wait,
                               slurm_replacements=slurm_replacements),
         options=ExtractOptions(batch_size, device, rows_per_shard, retry_failed, progress=not quiet, replace=replace,
-                               wait=wait, decode_processes=decode_processes),
+                               wait=wait, decode_processes=decode_processes, rehash=rehash),
         reader=ReaderOptions(image_column, caption_column, separator), storage_options=storage_options,
     )
     click.echo(json.dumps(summary.to_json(), indent=2) if as_json else "\n".join(summary.lines()))

@@ -24,6 +24,12 @@ def table_uri(path: str, column: str, row: int) -> str:
     return f"{SCHEME}{quote(os.path.abspath(path))}?column={quote(column)}&row={row}"
 
 
+def table_path(uri: str) -> str:
+    """The Parquet or Arrow file a table:// URI names a cell of."""
+    parts = urlsplit(uri)
+    return unquote(parts.netloc + parts.path)
+
+
 def read_table_cell(uri: str) -> bytes:
     """The image bytes a table:// URI names; ValueError when the cell holds none."""
     parts = urlsplit(uri)
