@@ -7,11 +7,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import tables
 from .embeddings import SpaceEmbeddings
+from .hashes import HashSet
 from .layout import KINDS, Kind
 from .store import Store
 
@@ -23,23 +22,25 @@ class Garbage:
     shards: dict[Kind, list[int]] = field(default_factory=dict)  # committed shards none of whose rows is needed
 
 
-def referenced(store: Store) -> dict[Kind, pa.Array]:
-    """Every content hash some dataset refers to, once each."""
-    needed: dict[Kind, list[pa.ChunkedArray]] = {"images": [], "texts": []}
-    for name in store.dataset_names():
-        dataset = store.dataset(name)
-        needed["images"].append(dataset.images["hash"])
-        needed["texts"].append(dataset.texts["hash"])
-    return {kind: pc.unique(pa.chunked_array([c for a in arrays for c in a.chunks], tables.HASH).combine_chunks())
-            for kind, arrays in needed.items()}
+def dataset_hashes(store: Store) -> dict[str, dict[Kind, HashSet]]:
+    """Each dataset's images and texts, as prefix sets (8 bytes a hash), read a column at a time."""
+    return {name: {kind: HashSet(store.dataset(name).column(kind, "hash"), exact=False) for kind in KINDS}
+            for name in store.dataset_names()}
 
 
-def find_garbage(space: SpaceEmbeddings, needed: dict[Kind, pa.Array]) -> Garbage:
+def referenced(store: Store, datasets: dict[str, dict[Kind, HashSet]] | None = None) -> dict[Kind, HashSet]:
+    """Every content hash some dataset refers to, as a prefix set: a collision of 64-bit prefixes can
+    only keep a row that could have gone, never drop one a dataset needs."""
+    datasets = dataset_hashes(store) if datasets is None else datasets
+    return {kind: HashSet.union(sets[kind] for sets in datasets.values()) for kind in KINDS}
+
+
+def find_garbage(space: SpaceEmbeddings, needed: dict[Kind, HashSet]) -> Garbage:
     garbage = Garbage(space.key)
     for kind in KINDS:
         unreferenced, shards, kept = 0, set(), set()
         for batch in space.ledger.row_batches(kind, ["hash", "row", "error"]):  # failed rows too: a shard
-            wanted = pc.is_in(batch["hash"], value_set=needed[kind]).to_numpy(zero_copy_only=False)  # is free
+            wanted = needed[kind].contains(batch["hash"])  # is free
             encoded = pc.is_null(batch["error"]).to_numpy(zero_copy_only=False)  # only if nothing in it is needed
             unreferenced += int((encoded & ~wanted).sum())
             in_shard = space.geometry.shard_of(batch["row"].to_numpy())

@@ -1,15 +1,16 @@
 """`describe_store`: what a store holds, as plain data for `vlcache cache info` (text or JSON). The
-counts stream the spaces' rows against the datasets' hashes in Arrow: the memory is the datasets'
-hashes and one batch, whatever the spaces hold."""
+counts stream each space's rows, a batch at a time, against the datasets' hashes held as 64-bit
+prefixes (`hashes.HashSet`): 8 bytes a dataset row, nothing per stored row. Two different hashes
+sharing a prefix would count one row twice: about one in 10^5 at 10^7 hashes."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import pyarrow as pa
 import pyarrow.compute as pc
 
-from .gc import referenced
+from .gc import dataset_hashes, referenced
+from .hashes import HashSet
 from .layout import KINDS
 from .store import Store
 
@@ -18,8 +19,9 @@ def describe_store(store: Store, disk_bytes: bool = False) -> dict[str, Any]:
     """`disk_bytes`: also the bytes on disk, which means listing every chunk file (slow on a store with
     a long history); without it, the committed rows' uncompressed bytes, from the index alone."""
     datasets = {name: _dataset(store, name) for name in store.dataset_names()}
-    needed = referenced(store)
-    spaces = {key: _space(store, key, needed, disk_bytes) for key in store.space_keys()}
+    hashes = dataset_hashes(store)
+    needed = referenced(store, hashes)
+    spaces = {key: _space(store, key, hashes, needed, disk_bytes) for key in store.space_keys()}
     return {
         "store": store.location.uri,
         "schema_version": store.manifest["schema_version"],
@@ -32,17 +34,17 @@ def describe_store(store: Store, disk_bytes: bool = False) -> dict[str, Any]:
 
 def _dataset(store: Store, name: str) -> dict[str, Any]:
     dataset = store.dataset(name)
-    return {"items": dataset.items.num_rows, "images": dataset.images.num_rows,
-            "texts": dataset.texts.num_rows, "read_errors": dataset.errors.num_rows,
-            "subsets": sorted(pc.unique(dataset.items["subset"]).to_pylist()), "source": dataset.manifest["source"]}
+    counts = dataset.manifest["counts"]
+    subsets = sorted(pc.unique(dataset.column("items", "subset")).to_pylist())
+    return {"items": counts["items"], "images": counts["images"], "texts": counts["texts"],
+            "read_errors": counts["read_errors"], "subsets": subsets, "source": dataset.manifest["source"]}
 
 
-def _space(store: Store, key: str, needed: dict[str, pa.Array], disk_bytes: bool) -> dict[str, Any]:
+def _space(store: Store, key: str, datasets: dict[str, dict[str, HashSet]], needed: dict[str, HashSet],
+           disk_bytes: bool) -> dict[str, Any]:
     space = store.space(key)
-    names = store.dataset_names()
-    wanted = {name: {kind: _hashes(store, name, kind) for kind in KINDS} for name in names}
     counts = {kind: {"rows": 0, "encoded": 0, "failed": 0, "unreferenced": 0, "tokens": 0} for kind in KINDS}
-    covered = {name: {kind: 0 for kind in KINDS} for name in names}
+    covered = {name: {kind: 0 for kind in KINDS} for name in datasets}
     for kind in KINDS:
         columns = ["hash", "error"] + (["n_tokens"] if kind == "texts" else [])
         for batch in space.ledger.row_batches(kind, columns):
@@ -51,10 +53,10 @@ def _space(store: Store, key: str, needed: dict[str, pa.Array], disk_bytes: bool
             count["rows"] += batch.num_rows
             count["encoded"] += encoded.num_rows
             count["failed"] += batch.num_rows - encoded.num_rows
-            count["unreferenced"] += encoded.num_rows - _count_in(encoded["hash"], needed[kind])
+            count["unreferenced"] += encoded.num_rows - int(needed[kind].contains(encoded["hash"]).sum())
             count["tokens"] += int(pc.sum(batch["n_tokens"]).as_py() or 0) if kind == "texts" else 0
-            for name in names:
-                covered[name][kind] += _count_in(encoded["hash"], wanted[name][kind])
+            for name, sets in datasets.items():
+                covered[name][kind] += int(sets[kind].contains(encoded["hash"]).sum())
     on_disk = space.nbytes_stored() if disk_bytes else None
     committed = space.nbytes_of({kind: counts[kind]["rows"] for kind in KINDS}, counts["texts"]["tokens"])
     return {
@@ -73,14 +75,3 @@ def _space(store: Store, key: str, needed: dict[str, pa.Array], disk_bytes: bool
         # dataset brings that content back) until `vlcache cache gc --collect`.
         "unreferenced": {kind: counts[kind]["unreferenced"] for kind in KINDS},
     }
-
-
-def _hashes(store: Store, name: str, kind: str) -> pa.Array:
-    dataset = store.dataset(name)
-    return (dataset.images if kind == "images" else dataset.texts)["hash"].combine_chunks()
-
-
-def _count_in(values: pa.Array | pa.ChunkedArray, value_set: pa.Array) -> int:
-    """How many of `values` are in `value_set`, in Arrow."""
-    return int(pc.sum(pc.is_in(values, value_set=value_set)).as_py() or 0)
-

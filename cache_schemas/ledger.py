@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from . import tables
 from .errors import DamagedStoreError
+from .hashes import HashSet
 from .layout import Geometry, Kind, index_manifest, index_path, part_path, space_dir
 from .location import Location
 
@@ -87,7 +88,7 @@ class Ledger:
         """One pass over the plan files: keeps the rows of pending shards (`pending_rows`) and returns
         which of `wanted` (hashes) some plan already holds."""
         pending = set(self.pending_shards(kind))
-        value_set = _unique(wanted) if wanted is not None else None
+        value_set = HashSet(wanted) if wanted is not None else None
         known, rows = [], []
         for plan in self.plan_files(kind):
             if not pending.intersection(range(plan.first, plan.last + 1)) and value_set is None:
@@ -96,7 +97,7 @@ class Ledger:
             schema = PLAN_SCHEMAS[kind] if holds_pending else pa.schema([PLAN_SCHEMAS[kind].field("hash")])
             for batch in self.batches(plan.rel, schema, "plan"):
                 if value_set is not None:
-                    known.append(batch["hash"].filter(pc.is_in(batch["hash"], value_set=value_set)))
+                    known.append(value_set.members(batch["hash"]))
                 if holds_pending:
                     mine = np.isin(self.geometry.shard_of(batch["row"].to_numpy()), list(pending))
                     if mine.any():
@@ -226,14 +227,19 @@ class Ledger:
         return self._all_rows[kind]
 
     def lookup(self, kind: Kind, values: pa.Array | pa.ChunkedArray, column: str = "hash") -> pa.Table:
-        """The committed rows (failed ones too) whose `column` is one of `values`: a scan that keeps
-        only those, so its memory is what was asked for."""
+        """The committed rows (failed ones too) whose `column` (hash, or row) is one of `values`: a scan
+        that keeps only those, so its memory is what was asked for."""
+        wanted = HashSet(values) if column == "hash" else np.unique(np.asarray(values, dtype=np.int64))
+
+        def member(batch) -> np.ndarray:
+            if column == "hash":
+                return wanted.contains(batch["hash"])
+            return np.isin(np.asarray(batch[column]), wanted)
+
         if kind in self._all_rows:
             table = self._all_rows[kind]
-            return table.filter(pc.is_in(table[column], value_set=_unique(values)))
-        value_set = _unique(values)
-        found = [pa.Table.from_batches([b]).filter(pc.is_in(b[column], value_set=value_set))
-                 for b in self.row_batches(kind)]
+            return table.filter(pa.array(member(table)))
+        found = [pa.Table.from_batches([b]).filter(pa.array(member(b))) for b in self.row_batches(kind)]
         return _concat(found, PART_SCHEMAS[kind])
 
     def read_segment(self, kind: Kind, segment: Segment) -> pa.Table:
@@ -267,14 +273,6 @@ def _row_range(location: Location, rel: str) -> tuple[int, int] | None:
         raise DamagedStoreError(f"{location.url(rel)} cannot be read as a plan ({exc}); run vlcache cache verify "
                                 f"{location.uri}") from None
     return (pc.min(rows).as_py(), pc.max(rows).as_py()) if len(rows) else None
-
-
-def _unique(values: pa.Array | pa.ChunkedArray | Iterable) -> pa.Array:
-    if isinstance(values, pa.ChunkedArray):
-        values = values.combine_chunks()
-    elif not isinstance(values, pa.Array):
-        values = pa.array(list(values))
-    return pc.unique(values.drop_null())
 
 
 def _concat(parts: list[pa.Table], schema: pa.Schema) -> pa.Table:

@@ -61,10 +61,10 @@ class Location:
     def read_json(self, rel: str) -> Any:
         return json.loads(self.read_bytes(rel))
 
-    def read_parquet(self, rel: str) -> pa.Table:
+    def read_parquet(self, rel: str, columns: list[str] | None = None) -> pa.Table:
         try:
             with self.fs.open(self.path(rel), "rb") as f:
-                return pq.read_table(f)
+                return pq.read_table(f, columns=columns)
         except pa.ArrowInvalid as exc:  # truncated or overwritten: never a table to guess from
             raise DamagedStoreError(f"{self.url(rel)} cannot be read as Parquet ({exc}); run vlcache cache "
                                     f"verify {self.uri}") from None

@@ -61,6 +61,14 @@ class DatasetTables:
         rel = f"{layout.dataset_dir(self.name)}/{table}.parquet"
         return tables.conform(self.location.read_parquet(rel), schema, f"{self.name}/{table}")
 
+    def column(self, table: str, name: str) -> pa.ChunkedArray:
+        """One column of one of the dataset's tables, read alone (its hashes, say)."""
+        rel = f"{layout.dataset_dir(self.name)}/{table}.parquet"
+        try:
+            return self.location.read_parquet(rel, columns=[name])[name]
+        except KeyError:
+            raise InvalidSpecError(f"table {self.name}/{table} has no column {name!r}") from None
+
     @cached_property
     def items(self) -> pa.Table:
         return self._read("items", tables.ITEMS)

@@ -6,6 +6,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from .embeddings import SpaceEmbeddings, checksum
@@ -58,7 +59,7 @@ def _verify_dataset(store: Store, name: str, report: VerifyReport) -> None:
 
 def _verify_kind(space: SpaceEmbeddings, kind: str, report: VerifyReport) -> None:
     where = f"space {space.key} {kind}"
-    seen: Counter = Counter()
+    seen: list[pa.Array] = []  # encoded hashes, in Arrow: counted for copies at the end
     for shard in space.listed_shards(kind):  # every part file, whatever the index says
         try:
             part, meta = space.part(kind, shard)
@@ -70,7 +71,7 @@ def _verify_kind(space: SpaceEmbeddings, kind: str, report: VerifyReport) -> Non
         if rows.size and (rows.min() < owned.start or rows.max() >= owned.stop):
             report.problems.append(f"{where} shard {shard}: rows outside the shard's range")
             continue
-        seen.update(part.filter(pc.is_null(part["error"]))["hash"].to_pylist())  # a retried failure is not a copy
+        seen.extend(part.filter(pc.is_null(part["error"]))["hash"].chunks)  # a retried failure is not a copy
         for name, expected in meta["checksums"].items():
             try:
                 block = _committed_block(space, kind, name, part, meta)
@@ -86,9 +87,10 @@ def _verify_kind(space: SpaceEmbeddings, kind: str, report: VerifyReport) -> Non
     if orphans:
         report.problems.append(f"{where}: the index covers {len(orphans)} shards without a commit record "
                                f"(first: {min(orphans)}); run vlcache cache compact")
-    duplicated = [h for h, n in seen.items() if n > 1]
+    counts = pc.value_counts(pa.chunked_array(seen, pa.string()).combine_chunks()).field("counts")
+    duplicated = int(pc.sum(pc.greater(counts, 1)).as_py() or 0)
     if duplicated:
-        report.problems.append(f"{where}: {len(duplicated)} content hashes stored more than once")
+        report.problems.append(f"{where}: {duplicated} content hashes stored more than once")
 
 
 def _committed_block(space: SpaceEmbeddings, kind: str, name: str, part, meta: dict) -> np.ndarray:
