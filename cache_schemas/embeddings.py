@@ -186,19 +186,27 @@ class SpaceEmbeddings:
         """Per text row: the first text_tokens row of its tokens, and their count. Rows this reader has
         not looked up by hash are looked up by row."""
         rows = np.asarray(rows, dtype=np.int64)
-        known, offsets, lengths = self._spans
-        where = np.searchsorted(known, rows)
-        hit = (where < len(known)) & (known[np.minimum(where, max(len(known) - 1, 0))] == rows) if len(known) \
-            else np.zeros(len(rows), bool)
+        where, hit = self._span_positions(rows)
         if not hit.all():
             missing = np.unique(rows[~hit])
-            found = self.ledger.lookup("texts", pa.array(missing), column="row")
-            found = found.filter(pc.is_null(found["error"]))
+            found = self.ledger.lookup("texts", missing, column="row")
+            found = found.filter(pc.is_null(found["error"])).select(VIEW_SCHEMAS["texts"].names)
             if found.num_rows < len(missing):
                 raise IndexError(f"text rows out of range for space {self.key}")
-            self.lookup("texts", found["hash"])
-            return self.token_spans(rows)
+            have = self._found.get("texts", VIEW_SCHEMAS["texts"].empty_table())
+            self._found["texts"] = pa.concat_tables([have, found.filter(pc.invert(pc.is_in(found["row"],
+                                                                                             value_set=have["row"])))])
+            self.__dict__.pop("_spans", None)
+            where, hit = self._span_positions(rows)
+        _, offsets, lengths = self._spans
         return offsets[where], lengths[where]
+
+    def _span_positions(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        known = self._spans[0]
+        if not len(known):
+            return np.zeros(len(rows), np.int64), np.zeros(len(rows), bool)
+        where = np.minimum(np.searchsorted(known, rows), len(known) - 1)
+        return where, known[where] == rows
 
     @cached_property
     def _spans(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -63,10 +63,11 @@ class HashSet:
     def __len__(self) -> int:
         return len(self.keys)
 
-    def contains(self, hashes: pa.Array | pa.ChunkedArray) -> np.ndarray:
-        """A boolean per hash (False for nulls)."""
+    def contains(self, hashes: pa.Array | pa.ChunkedArray, keys: np.ndarray | None = None) -> np.ndarray:
+        """A boolean per hash (False for nulls). `keys`: their `prefix_keys`, when the caller has them
+        (one batch tested against several sets)."""
         hashes = as_hashes(hashes)
-        keys = prefix_keys(hashes)
+        keys = prefix_keys(hashes) if keys is None else keys
         if not len(self.keys):
             return np.zeros(len(hashes), bool)
         where = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)

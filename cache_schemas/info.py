@@ -10,7 +10,7 @@ from typing import Any
 import pyarrow.compute as pc
 
 from .gc import dataset_hashes, referenced
-from .hashes import HashSet
+from .hashes import HashSet, as_hashes, prefix_keys
 from .layout import KINDS
 from .store import Store
 
@@ -49,14 +49,15 @@ def _space(store: Store, key: str, datasets: dict[str, dict[str, HashSet]], need
         columns = ["hash", "error"] + (["n_tokens"] if kind == "texts" else [])
         for batch in space.ledger.row_batches(kind, columns):
             encoded = batch.filter(pc.is_null(batch["error"]))
+            hashes, keys = encoded["hash"], prefix_keys(as_hashes(encoded["hash"]))  # once, for every set
             count = counts[kind]
             count["rows"] += batch.num_rows
             count["encoded"] += encoded.num_rows
             count["failed"] += batch.num_rows - encoded.num_rows
-            count["unreferenced"] += encoded.num_rows - int(needed[kind].contains(encoded["hash"]).sum())
+            count["unreferenced"] += encoded.num_rows - int(needed[kind].contains(hashes, keys).sum())
             count["tokens"] += int(pc.sum(batch["n_tokens"]).as_py() or 0) if kind == "texts" else 0
             for name, sets in datasets.items():
-                covered[name][kind] += int(sets[kind].contains(encoded["hash"]).sum())
+                covered[name][kind] += int(sets[kind].contains(hashes, keys).sum())
     on_disk = space.nbytes_stored() if disk_bytes else None
     committed = space.nbytes_of({kind: counts[kind]["rows"] for kind in KINDS}, counts["texts"]["tokens"])
     return {

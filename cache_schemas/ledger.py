@@ -26,7 +26,7 @@ from .location import Location
 
 PART_SCHEMAS = {"images": tables.IMAGE_PART, "texts": tables.TEXT_PART}
 PLAN_SCHEMAS = {kind: pa.schema([f for f in schema if f.name != "error"]) for kind, schema in PART_SCHEMAS.items()}
-SCAN_BATCH = 65_536  # rows decoded at a time by a scan: its memory, whatever the space's size
+SCAN_BATCH = 65_536  # rows decoded at a time by a scan (plans and segments are written in row groups of it)
 CHECK_AT_MOST = 64  # uncovered planned shards checked one by one; more, and the parts folder is listed
 
 
@@ -222,9 +222,18 @@ class Ledger:
     def committed_rows(self, kind: Kind) -> pa.Table:
         """Every committed row of `kind`, in one table (as large as the space: for whole-space views)."""
         if kind not in self._all_rows:
-            self._all_rows[kind] = _concat([pa.Table.from_batches([b]) for b in self.row_batches(kind)],
-                                           PART_SCHEMAS[kind])
+            self._all_rows[kind] = self._reloading(kind, lambda: _concat(
+                [pa.Table.from_batches([b]) for b in self.row_batches(kind)], PART_SCHEMAS[kind]))
         return self._all_rows[kind]
+
+    def _reloading(self, kind: Kind, scan):
+        """`scan`, once more from a fresh manifest if a compaction retired a segment it was reading."""
+        try:
+            return scan()
+        except FileNotFoundError:
+            for cached in (self._segments, self._committed, self._plan_files):
+                cached.pop(kind, None)
+            return scan()
 
     def lookup(self, kind: Kind, values: pa.Array | pa.ChunkedArray, column: str = "hash") -> pa.Table:
         """The committed rows (failed ones too) whose `column` (hash, or row) is one of `values`: a scan
@@ -239,8 +248,9 @@ class Ledger:
         if kind in self._all_rows:
             table = self._all_rows[kind]
             return table.filter(pa.array(member(table)))
-        found = [pa.Table.from_batches([b]).filter(pa.array(member(b))) for b in self.row_batches(kind)]
-        return _concat(found, PART_SCHEMAS[kind])
+        return self._reloading(kind, lambda: _concat(
+            [pa.Table.from_batches([b]).filter(pa.array(member(b))) for b in self.row_batches(kind)],
+            PART_SCHEMAS[kind]))
 
     def read_segment(self, kind: Kind, segment: Segment) -> pa.Table:
         """A segment's rows, whole (a writer merging or filtering it)."""

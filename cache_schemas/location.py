@@ -110,9 +110,11 @@ class Location:
     def remove(self, rel: str, recursive: bool = False) -> None:
         self.fs.rm(self.path(rel), recursive=recursive)
 
-    def write_parquet(self, rel: str, table: pa.Table, exclusive: bool = False) -> None:
+    def write_parquet(self, rel: str, table: pa.Table, exclusive: bool = False, row_group_size: int | None = None
+                      ) -> None:
+        """`row_group_size`: rows a reader decodes at a time (Parquet's default is a million)."""
         buffer = io.BytesIO()
-        pq.write_table(table, buffer, compression="zstd")
+        pq.write_table(table, buffer, compression="zstd", row_group_size=row_group_size)
         self.write_bytes(rel, buffer.getvalue(), exclusive=exclusive)
 
     def zarr_store(self, rel: str, read_only: bool):

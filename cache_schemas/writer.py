@@ -27,7 +27,7 @@ from .layout import (
     part_path,
     plan_path,
 )
-from .ledger import PART_SCHEMAS, PLAN_SCHEMAS, Segment, shard_ranges
+from .ledger import PART_SCHEMAS, PLAN_SCHEMAS, SCAN_BATCH, Segment, shard_ranges
 from .location import Location
 from .space import EmbeddingSpace
 from .version import SCHEMA_VERSION
@@ -85,7 +85,7 @@ class SpaceWriter(SpaceEmbeddings):
         """Claim the plan's shards. Exclusive: a concurrent extraction claiming them too fails."""
         plan = tables.conform(plan, PLAN_SCHEMAS[kind], "plan")
         rel = plan_path(self.key, kind, int(self.geometry.shard_of(int(pc.min(plan["row"]).as_py()))))
-        self.location.write_parquet(rel, plan, exclusive=True)
+        self.location.write_parquet(rel, plan, exclusive=True, row_group_size=SCAN_BATCH)
         self.ledger.add_plan(kind, rel, plan)
 
     def pending_work(self, kind: Kind) -> list[tuple[int, pa.Table]]:
@@ -130,7 +130,7 @@ class SpaceWriter(SpaceEmbeddings):
         number = self._next_segment(kind)
         rel = index_segment(self.key, kind, number)
         rows = pa.concat_tables([tables.conform(p, PART_SCHEMAS[kind], f"{kind} index") for p in parts])
-        self.location.write_parquet(rel, rows)
+        self.location.write_parquet(rel, rows, row_group_size=SCAN_BATCH)
         return Segment(rel, shards, rows.num_rows)
 
     def _merge(self, kind: Kind, older: Segment, newer: Segment) -> Segment:
@@ -209,9 +209,9 @@ class SpaceWriter(SpaceEmbeddings):
             before, after = rows.filter(pa.array(shards < shard)), rows.filter(pa.array(shards > shard))
             if after.num_rows:
                 first_after = int(np.min(self.geometry.shard_of(after["row"].to_numpy())))
-                self.location.write_parquet(plan_path(self.key, kind, first_after), after)
+                self.location.write_parquet(plan_path(self.key, kind, first_after), after, row_group_size=SCAN_BATCH)
             if before.num_rows:
-                self.location.write_parquet(plan.rel, before)
+                self.location.write_parquet(plan.rel, before, row_group_size=SCAN_BATCH)
             else:
                 self.location.remove(plan.rel)
             break

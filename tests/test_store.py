@@ -200,3 +200,22 @@ def test_the_read_check_finds_zero_and_non_finite_rows_from_the_bits(dtype):
     rows[5, 2, 3] = np.nan
     rows[6] = np.finfo(dtype).smallest_subnormal  # tiny, but a number
     assert _zero_or_non_finite_rows(rows).tolist() == [False, True, True, True, True, True, False]
+
+
+def test_a_reader_whose_index_segment_a_compaction_retired_reads_the_new_manifest(tmp_path):
+    """A reader keeps the manifest it read; a writer that merges segments meanwhile removes the ones it
+    merged. The reader's next lookup finds a segment gone, reloads the manifest once, and reads on."""
+    from PIL import Image
+
+    store = tmp_path / "store"
+    hashes = []
+    for i in range(2):
+        Image.new("RGB", (16, 16), (i * 50, 0, 0)).save(tmp_path / f"{i}.png")
+        (tmp_path / f"{i}.jsonl").write_text(json.dumps({"image": str(tmp_path / f"{i}.png"), "caption": f"c{i}"}))
+        if i == 1:
+            reader = open_store(store).space("vlcache-tiny")
+            assert reader.ledger.segments("images")  # the manifest as it was
+        run_extract(tmp_path / f"{i}.jsonl", "jsonl", f"d{i}", store)  # the second merges the first's segment
+        hashes.append(open_store(store).dataset(f"d{i}").images["hash"][0].as_py())
+    assert not (store / "spaces" / reader.key / "index" / "images-000001.parquet").exists()
+    assert (reader.rows("images", hashes[:1]) >= 0).all()
