@@ -11,12 +11,11 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import CancelledError
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 from dask.utils import key_split
-from distributed import Client, Future, LocalCluster, wait
+from distributed import Client, Future, LocalCluster, as_completed
 
 from cache_schemas import VlcacheError
 
@@ -106,7 +105,6 @@ class Workers:
         self._removed: list[tuple[str, int]] = []  # (worker address, its shards), as the scheduler reports them
         self._names: dict[str, str] = {}  # worker address -> name, for messages
         self._workerless_since: float | None = None
-        self._last_look = 0.0
         # The scheduler says when it removes a worker, with the tasks it held: no loss falls between two looks.
         client.subscribe_topic("all", self._on_scheduler_event)
 
@@ -122,27 +120,42 @@ class Workers:
             self._removed.append((message.get("worker", "?"), shards))
 
     def as_completed(self, futures: list[Future]) -> Iterator[Future]:
-        """`futures` as they finish, the workers watched in between."""
-        pending = set(futures)
-        while pending:
-            try:
-                done, pending = wait(pending, timeout=WATCH_SECONDS, return_when="FIRST_COMPLETED")
-            except TimeoutError:
-                done = set()
-            except CancelledError:
-                self._require_scheduler()
-                raise
-            yield from done
-            self.check()
+        """`futures` as they finish (distributed's own iterator), while a thread watches the workers;
+        when the run cannot go on, the thread cancels them and its reason is raised here."""
+        failure: list[VlcacheError] = []
+        stop = threading.Event()
+        watcher = threading.Thread(target=self._watch, args=(futures, stop, failure), daemon=True,
+                                   name="vlcache-watch-workers")
+        watcher.start()
+        try:
+            for future in as_completed(futures):
+                if not failure and future.status == "cancelled":
+                    self._require_scheduler()  # a lost scheduler cancels every future: say so, not that
+                if failure:
+                    raise failure[0]
+                yield future
+        finally:
+            stop.set()
+            watcher.join()
+            self._count_losses()  # a loss the watcher has not looked at yet still counts
+        if failure:
+            raise failure[0]
 
-    def check(self, force: bool = False) -> None:
-        """Count and report workers that left; every WATCH_SECONDS (or when forced) also look at the
-        scheduler: replace ended SLURM jobs, and end the run if it has been without workers too long."""
+    def _watch(self, futures: list[Future], stop: threading.Event, failure: list[VlcacheError]) -> None:
+        while not stop.wait(WATCH_SECONDS):
+            try:
+                self.check()
+            except VlcacheError as exc:
+                failure.append(exc)
+                if self.client.status == "running":
+                    self.client.cancel(futures)  # ends the iteration in as_completed
+                return
+
+    def check(self) -> None:
+        """Count and report workers that left, replace ended SLURM jobs, and end the run (one line) if it
+        lost its scheduler or has been without workers too long."""
         self._count_losses()
         now = time.monotonic()
-        if not force and now - self._last_look < WATCH_SECONDS:
-            return
-        self._last_look = now
         self._require_scheduler()
         try:
             workers = self.client.scheduler_info(n_workers=-1)["workers"]
@@ -248,7 +261,7 @@ def _wait_for_a_worker(workers: Workers) -> None:
             return
         except TimeoutError:
             if workers.jobs is not None:
-                workers.check(force=True)
+                workers.check()
             if time.monotonic() >= deadline:
                 jobs = f" ({workers.jobs.describe()})" if workers.jobs is not None else ""
                 raise VlcacheError(f"no Dask worker joined {workers.where} within {wait_s:g}s{jobs}") from None

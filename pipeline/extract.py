@@ -8,6 +8,7 @@ uncommitted shard exactly once."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
@@ -15,6 +16,7 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
@@ -35,12 +37,13 @@ from cache_schemas import tables as schema
 from .cluster import ClusterConfig, Workers, start_workers
 from .encoders import EncoderRequest, describe, tokenizer_for
 from .encoders.base import pretrained_of
-from .images import Known, Probe, probe_many
+from .images import Probe, file_of, probe_many, stamp_many
 from .plan import plan_new_content
 from .readers import RawDataset, ReaderOptions, read_source
 from .shards import ShardResult, ShardTask, run_shard
 
 PROBE_BATCH = 256
+STAMP_BATCH = 4096  # files a worker looks at in one task; at most this many, the driver looks itself
 
 
 class ShardFailedError(VlcacheError, RuntimeError):
@@ -117,9 +120,8 @@ def extract(source: str, fmt: str, dataset: str, encoder: EncoderRequest, store_
     with nullcontext(workers) if workers else start_workers(cluster) as workers:
         losses_before = workers.lost, workers.reassigned  # workers may serve several extractions
         store = open_store(store_uri, mode="a", storage_options=storage_options)
-        uris = raw.image_uris()
-        known = None if options.rehash else _known_probes(store, dataset, uris)
-        probes = _probe_images(workers, uris, known, options.progress)
+        earlier = None if options.rehash else _earlier_stamps(store, dataset)
+        probes = _probe_images(workers, raw.image_uris(), earlier, options.progress)
         _require_some_image(probes)
         tables = dataset_tables(raw, probes)
         registered = store.register_dataset(dataset, **tables, source={"uri": os.path.abspath(source), "format": fmt},
@@ -163,16 +165,9 @@ def _stage_totals(results: list[ShardResult]) -> dict[str, float]:
     return totals
 
 
-def _known_probes(store, dataset: str, uris: list[str]) -> list[Known | None] | None:
-    """What the dataset's last run probed of each of these files (its stamps), by URI."""
-    if dataset not in store.dataset_names():
-        return None
-    stamps = store.dataset(dataset).stamps
-    if not stamps.num_rows:
-        return None
-    where = pc.index_in(pa.array(uris, pa.string()), value_set=stamps["uri"]).fill_null(-1).to_numpy()
-    columns = [stamps[c].to_pylist() for c in ("stamp", "hash", "width", "height")]
-    return [Known(*(c[i] for c in columns)) if i >= 0 else None for i in where.tolist()]
+def _earlier_stamps(store, dataset: str) -> pa.Table | None:
+    """What the dataset's last run saw of its image files, if it ran before."""
+    return store.dataset(dataset).stamps if dataset in store.dataset_names() else None
 
 
 def _stamps(probes: dict[str, Probe]) -> pa.Table:
@@ -181,17 +176,45 @@ def _stamps(probes: dict[str, Probe]) -> pa.Table:
                      "width": [p.width for p in rows], "height": [p.height for p in rows]}, schema=schema.STAMPS)
 
 
-def _probe_images(workers: Workers, uris: list[str], known: list[Known | None] | None,
-                  progress: bool) -> dict[str, Probe]:
-    batches = [uris[i:i + PROBE_BATCH] for i in range(0, len(uris), PROBE_BATCH)]
-    priors = [known[i:i + PROBE_BATCH] if known else None for i in range(0, len(uris), PROBE_BATCH)]
-    probes: dict[str, Probe] = {}
-    with tqdm(total=len(uris), desc="hashing images", unit="img", disable=not progress) as bar:
-        for future in workers.as_completed(workers.client.map(probe_many, batches, priors, pure=False)):
-            found = future.result()
-            probes.update((p.uri, p) for p in found)
-            bar.update(len(found))
+def _probe_images(workers: Workers, uris: list[str], earlier: pa.Table | None, progress: bool) -> dict[str, Probe]:
+    """Every image's hash and size: taken from `earlier` where its file's stamp is unchanged, read and
+    hashed by the workers where not. Each file is looked at once (a tar shard or a table holds many
+    images), before any image is read, so a file changed meanwhile is read again next time."""
+    files = [file_of(uri) for uri in uris]
+    now = _stamp_files(workers, list(dict.fromkeys(files)))
+    probes = _trusted(uris, files, now, earlier) if earlier is not None and earlier.num_rows else {}
+    unread = [uri for uri in uris if uri not in probes]
+    batches = [unread[i:i + PROBE_BATCH] for i in range(0, len(unread), PROBE_BATCH)]
+    with tqdm(total=len(unread), desc="hashing images", unit="img", disable=not progress) as bar:
+        for future in workers.as_completed(workers.client.map(probe_many, batches, pure=False)):
+            for found in future.result():
+                probes[found.uri] = dataclasses.replace(found, stamp=now[file_of(found.uri)])
+                bar.update()
     return probes
+
+
+def _stamp_files(workers: Workers, files: list[str]) -> dict[str, str | None]:
+    """Each file's stamp: here for a few (the tar shards or tables of a source), by the workers for many."""
+    if len(files) <= STAMP_BATCH:
+        return dict(zip(files, stamp_many(files)))
+    batches = [files[i:i + STAMP_BATCH] for i in range(0, len(files), STAMP_BATCH)]
+    futures = workers.client.map(stamp_many, batches, pure=False)
+    batch_of = dict(zip(futures, batches))
+    stamps: dict[str, str | None] = {}
+    for future in workers.as_completed(futures):
+        stamps.update(zip(batch_of[future], future.result()))
+    return stamps
+
+
+def _trusted(uris: list[str], files: list[str], now: dict[str, str | None], earlier: pa.Table) -> dict[str, Probe]:
+    """Probes for the images whose file has the stamp it had when `earlier` was recorded."""
+    where = pc.index_in(pa.array(uris, pa.string()), value_set=earlier["uri"])
+    seen = earlier["stamp"].take(where)
+    same = pc.equal(seen, pa.array([now[f] for f in files], pa.string())).fill_null(False)
+    keep = np.flatnonzero(same.to_numpy(zero_copy_only=False))
+    rows = earlier.take(where.take(pa.array(keep)))
+    columns = [rows[c].to_pylist() for c in ("uri", "hash", "width", "height", "stamp")]
+    return {uri: Probe(uri, h, w, ht, stamp=s, trusted=True) for uri, h, w, ht, s in zip(*columns)}
 
 
 def _require_some_image(probes: dict[str, Probe]) -> None:
@@ -204,31 +227,37 @@ def _require_some_image(probes: dict[str, Probe]) -> None:
 
 
 def dataset_tables(raw: RawDataset, probes: dict[str, Probe]) -> dict[str, pa.Table]:
-    """Items referring to content by hash, the unique images and texts, and the read errors."""
-    image_rows: dict[str, dict] = {}
+    """Items referring to content by hash, the unique images and texts, and the read errors (built a
+    column at a time: a million items take seconds)."""
+    unique: dict[str, Probe] = {}  # by hash, in first-mention order
     for uri in raw.image_uris():
-        p = probes[uri]
-        if p.hash is not None and p.hash not in image_rows:
-            image_rows[p.hash] = {"hash": p.hash, "uri": uri, "width": p.width, "height": p.height,
-                                  "boxes": raw.boxes.get(uri)}
-    texts = [{"hash": text_hash(t), "text": t, "segments": raw.segments.get(t)} for t in raw.texts()]
-    errors = [{"source": p.uri, "stage": p.stage, "message": p.message} for p in probes.values() if p.hash is None]
-    errors += [{"source": where, "stage": "source", "message": why} for where, why in raw.skipped]
-
-    def image(uri: str) -> str | None:
-        return probes[uri].hash
-
-    items = [{
-        "item_id": it.item_id, "subset": it.subset, "type": it.type, "subtype": it.subtype, "split": it.split,
-        "image": image(it.image), "caption": text_hash(it.caption),
-        "negative_captions": [text_hash(t) for t in it.negative_captions],
-        "negative_images": [h for h in map(image, it.negative_images) if h is not None],
-    } for it in raw.items]
+        found = probes[uri]
+        if found.hash is not None:
+            unique.setdefault(found.hash, found)
+    image = {uri: found.hash for uri, found in probes.items()}
+    text = {t: text_hash(t) for t in raw.texts()}  # every caption, negative and segment
+    failed = [p for p in probes.values() if p.hash is None]
+    items = raw.items
     return {
-        "items": pa.Table.from_pylist(items, schema=schema.ITEMS),
-        "images": pa.Table.from_pylist(list(image_rows.values()), schema=schema.DATASET_IMAGES),
-        "texts": pa.Table.from_pylist(texts, schema=schema.DATASET_TEXTS),
-        "errors": pa.Table.from_pylist(errors, schema=schema.ERRORS),
+        "items": pa.table({
+            "item_id": [it.item_id for it in items], "subset": [it.subset for it in items],
+            "type": [it.type for it in items], "subtype": [it.subtype for it in items],
+            "split": [it.split for it in items], "image": [image[it.image] for it in items],
+            "caption": [text[it.caption] for it in items],
+            "negative_captions": [[text[t] for t in it.negative_captions] for it in items],
+            "negative_images": [[h for h in map(image.get, it.negative_images) if h is not None] for it in items],
+        }, schema=schema.ITEMS),
+        "images": pa.table({
+            "hash": list(unique), "uri": [p.uri for p in unique.values()], "width": [p.width for p in unique.values()],
+            "height": [p.height for p in unique.values()], "boxes": [raw.boxes.get(p.uri) for p in unique.values()],
+        }, schema=schema.DATASET_IMAGES),
+        "texts": pa.table({"hash": list(text.values()), "text": list(text),
+                           "segments": [raw.segments.get(t) for t in text]}, schema=schema.DATASET_TEXTS),
+        "errors": pa.table({
+            "source": [p.uri for p in failed] + [where for where, _ in raw.skipped],
+            "stage": [p.stage for p in failed] + ["source"] * len(raw.skipped),
+            "message": [p.message for p in failed] + [why for _, why in raw.skipped],
+        }, schema=schema.ERRORS),
     }
 
 

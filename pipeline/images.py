@@ -41,16 +41,6 @@ class Probe:
     trusted: bool = False  # taken from an earlier probe of the same unchanged file, not read again
 
 
-@dataclass(frozen=True)
-class Known:
-    """What an earlier run probed of a file: trusted while the file's stamp is the same."""
-
-    stamp: str
-    hash: str
-    width: int
-    height: int
-
-
 def read_bytes(uri: str) -> bytes:
     """An image's bytes: a local path, an fsspec URL (tar://member::shard.tar included), or a table://
     URI naming bytes stored inside a Parquet or Arrow file."""
@@ -75,22 +65,14 @@ def probe(uri: str) -> Probe:
         return Probe(uri, stage=exc.stage, message=str(exc))
 
 
-def probe_many(uris: list[str], known: list[Known | None] | None = None) -> list[Probe]:
-    """One Dask task's worth of probes; lives here so workers need not import torch to run it. An
-    image whose file has the stamp it had when `known` was probed is not read again."""
-    stamps: dict[str, str | None] = {}  # one look per file: the images of a tar or table share theirs
-    probes = []
-    for uri, prior in zip(uris, known or [None] * len(uris)):
-        holder = file_of(uri)
-        if holder not in stamps:
-            stamps[holder] = stamp(holder)
-        now = stamps[holder]
-        if prior is not None and now is not None and prior.stamp == now:
-            probes.append(Probe(uri, prior.hash, prior.width, prior.height, stamp=now, trusted=True))
-        else:
-            found = probe(uri)
-            probes.append(Probe(found.uri, found.hash, found.width, found.height, found.stage, found.message, now))
-    return probes
+def probe_many(uris: list[str]) -> list[Probe]:
+    """One Dask task's worth of probes; lives here so workers need not import torch to run it."""
+    return [probe(uri) for uri in uris]
+
+
+def stamp_many(paths: list[str]) -> list[str | None]:
+    """One Dask task's worth of `stamp`s."""
+    return [stamp(path) for path in paths]
 
 
 def file_of(uri: str) -> str:
