@@ -184,6 +184,26 @@ class Batch:
         return Batch(**{f.name: move(getattr(self, f.name)) for f in fields(self)})
 
 
+def batch_rows(examples, index: np.ndarray) -> dict[str, torch.Tensor]:
+    """A batch's rows and the indices into them that `Batch` holds, for the items `index` of
+    `examples` (anything with Examples' image, caption, negatives and negative_images arrays): images
+    are the items' images then their negative images; texts every caption named, once each, sorted."""
+    negative_images = examples.negative_images[index]
+    image_rows = np.concatenate([examples.image[index], negative_images[negative_images >= 0]])
+    negative_image_index = np.full(negative_images.shape, -1, dtype=np.int64)
+    negative_image_index[negative_images >= 0] = len(index) + np.arange(int((negative_images >= 0).sum()))
+    named = np.concatenate([examples.caption[index], examples.negatives[index].ravel()])
+    text_rows = np.unique(named[named >= 0])
+
+    def lookup(rows: np.ndarray) -> np.ndarray:  # rows -> their place in text_rows; -1 stays -1
+        return np.where(rows >= 0, np.searchsorted(text_rows, rows), -1)
+
+    return {"image_rows": torch.from_numpy(image_rows), "text_rows": torch.from_numpy(text_rows),
+            "positive": torch.from_numpy(lookup(examples.caption[index])),
+            "negatives": torch.from_numpy(lookup(examples.negatives[index])),
+            "negative_images": torch.from_numpy(negative_image_index)}
+
+
 @dataclass
 class LoaderState:
     """Where a loader is: enough to resume the exact same stream."""
@@ -297,30 +317,11 @@ class BatchLoader:
         return rows
 
     def collate(self, index: np.ndarray, epoch: int = 0, position: int = 0, rows: WindowRows | None = None) -> Batch:
-        ex = self.examples
         rows = rows or self._read(index)
-        negative_images = ex.negative_images[index]
-        image_rows = np.concatenate([ex.image[index], negative_images[negative_images >= 0]])
-        negative_image_index = np.full(negative_images.shape, -1, dtype=np.int64)
-        negative_image_index[negative_images >= 0] = len(index) + np.arange(int((negative_images >= 0).sum()))
-        named = np.concatenate([ex.caption[index], ex.negatives[index].ravel()])
-        text_rows = np.unique(named[named >= 0])
-
-        def lookup(rows: np.ndarray) -> np.ndarray:  # store rows -> their place in text_rows; -1 stays -1
-            return np.where(rows >= 0, np.searchsorted(text_rows, rows), -1)
-
-        return Batch(
-            examples=index,
-            epoch=epoch,
-            position=position,
-            images=self.image_inputs(image_rows, rows),
-            texts=self.text_inputs(text_rows, rows),
-            image_rows=torch.from_numpy(image_rows),
-            text_rows=torch.from_numpy(text_rows),
-            positive=torch.from_numpy(lookup(ex.caption[index])),
-            negatives=torch.from_numpy(lookup(ex.negatives[index])),
-            negative_images=torch.from_numpy(negative_image_index),
-        )
+        named = batch_rows(self.examples, index)
+        return Batch(examples=index, epoch=epoch, position=position,
+                     images=self.image_inputs(named["image_rows"].numpy(), rows),
+                     texts=self.text_inputs(named["text_rows"].numpy(), rows), **named)
 
     def image_inputs(self, rows: np.ndarray, window: WindowRows | None = None) -> dict[str, torch.Tensor]:
         """The head's image inputs for store rows, as tensors (float16 until moved to a device)."""

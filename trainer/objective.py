@@ -50,7 +50,12 @@ def groups(batch: Batch, in_batch: int, generator: torch.Generator) -> Groups:
 
 def loss(head: Head, batch: Batch, g: Groups) -> torch.Tensor:
     """Mean cross-entropy of the groups (built on the CPU by `groups`, moved to the batch's device)."""
-    scores = head.score(batch.images, batch.texts, g.image[g.valid], g.text[g.valid])
+    return group_loss(head.score(batch.images, batch.texts, g.image[g.valid], g.text[g.valid]), g)
+
+
+def group_loss(scores: torch.Tensor, g: Groups) -> torch.Tensor:
+    """Mean cross-entropy of the groups, given the scores of their valid pairs (in g.valid's order):
+    the one loss heads and fine-tuned encoders (pipeline/finetune.py) train on."""
     logits = torch.full(g.valid.shape, float("-inf"), device=scores.device, dtype=scores.dtype)
     logits[g.valid] = scores
     target = torch.zeros(len(logits), dtype=torch.long, device=logits.device)

@@ -87,7 +87,7 @@ def train(store_uri: str, dataset: str, head_name: str, out: str, *, space_key: 
         for batch in batches:
             if step >= cfg.steps:
                 break
-            scoring = groups(batch, cfg.in_batch_negatives, _generator(cfg.seed, step))
+            scoring = groups(batch, cfg.in_batch_negatives, step_generator(cfg.seed, step))
             chance = chance_loss(scoring)
             with amp:
                 value = loss(head, batch.to(torch_device), scoring.to(torch_device))
@@ -179,7 +179,7 @@ def _restore(ckpt: checkpoint.Checkpoint, head: Head, optimizer, scheduler) -> t
     return ckpt.state["step"], LoaderState(**ckpt.state["loader"])
 
 
-def _generator(seed: int, step: int) -> torch.Generator:
+def step_generator(seed: int, step: int) -> torch.Generator:
     """In-batch negatives drawn from (seed, step) alone, so a resumed run draws the same ones."""
     return torch.Generator().manual_seed(seed * 1_000_003 + step)
 

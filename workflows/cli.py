@@ -15,6 +15,9 @@ from collections.abc import Callable, Iterable
 import click
 
 from cache_schemas import SCHEMA_VERSION, VlcacheError
+from pipeline.finetune.config import FinetuneConfig
+
+FINETUNE_DEFAULTS = FinetuneConfig()
 
 
 class RegistryChoice(click.Choice):
@@ -232,6 +235,56 @@ def train(store_uri, storage_options, dataset, head, out, eval_datasets, config_
     health = health_of(load(out).state)
     if health is not None and health.at_chance:
         click.echo(f"warning: {head} {health.sentence()}; its checkpoint and reports are marked", err=True)
+
+
+@cli.command()
+@click.option("--store", "store_uri", required=True, help="Store holding --dataset (its images are read again).")
+@storage_options_option
+@click.option("--dataset", required=True, help="Dataset whose images and captions to fine-tune on.")
+@click.option("--model", required=True, help="open_clip model name, e.g. ViT-B-32.")
+@click.option("--pretrained", default=None, help="Weights to start from: a pretrained tag or local checkpoint; "
+              "random init if omitted.")
+@click.option("--tokenizer", type=click.Path(exists=True, file_okay=False), default=None,
+              help="A local copy of a tokenizer open_clip would fetch from the Hugging Face hub.")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Run folder: model.pt (what extract --pretrained takes), model.pt.json, state.pt.")
+@click.option("--split", default="train", show_default=True, help="Items of this split only ('' for all).")
+@click.option("--steps", type=int, default=FINETUNE_DEFAULTS.steps, show_default=True)
+@click.option("--batch-size", type=int, default=FINETUNE_DEFAULTS.batch_size, show_default=True)
+@click.option("--lr", type=float, default=FINETUNE_DEFAULTS.lr, show_default=True)
+@click.option("--warmup-steps", type=int, default=FINETUNE_DEFAULTS.warmup_steps, show_default=True)
+@click.option("--weight-decay", type=float, default=FINETUNE_DEFAULTS.weight_decay, show_default=True)
+@click.option("--blocks", type=int, default=FINETUNE_DEFAULTS.blocks, show_default=True,
+              help="Train only the last N blocks of each tower (and their final norm and projection); 0: all.")
+@click.option("--hard-negatives", is_flag=True, help="NegCLIP-style: the dataset's negative captions and images "
+              "as extra candidates.")
+@click.option("--checkpoint-every", type=int, default=FINETUNE_DEFAULTS.checkpoint_every, show_default=True)
+@click.option("--seed", type=int, default=FINETUNE_DEFAULTS.seed, show_default=True)
+@device_option
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last state.pt.")
+@click.option("--quiet", is_flag=True)
+def finetune(store_uri, storage_options, dataset, model, pretrained, tokenizer, out, split, steps, batch_size, lr,
+             warmup_steps, weight_decay, blocks, hard_negatives, checkpoint_every, seed, device, resume, quiet) -> None:
+    """Fine-tune an open_clip encoder end to end: the baseline local heads are compared with.
+
+    Unlike train, this runs the encoder in its loop (reading the dataset's images again, a GPU
+    where there is one). The weights it writes go to extract --pretrained, which stores them as
+    a space of their own; eval then scores them with the global head like any other encoder."""
+    from pipeline.encoders import EncoderRequest
+    from pipeline.finetune.loop import finetune as run_finetune
+
+    config = FinetuneConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
+                            weight_decay=weight_decay, blocks=blocks, hard_negatives=hard_negatives,
+                            checkpoint_every=checkpoint_every, seed=seed)
+    record = run_finetune(store_uri, dataset, EncoderRequest(model, pretrained, tokenizer=tokenizer), out,
+                          config=config, split=split or None, device=device, resume=resume, progress=not quiet,
+                          storage_options=storage_options)
+    used = record["extract"]
+    click.echo(f"fine-tuned {model} in {out}: loss {record['first_loss']:.3f} -> {record['last_loss']:.3f}; "
+               f"extract it with --model {used['model']} --pretrained {used['pretrained']}")
+    if record["health"]["status"] == "at chance":
+        click.echo("warning: its training loss stayed at chance; it learned nothing a comparison could rest on",
+                   err=True)
 
 
 @cli.command("eval")
