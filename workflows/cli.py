@@ -316,6 +316,26 @@ def evaluate(store_uri, storage_options, dataset, head, run_dir, out, space_key,
 @cli.command()
 @click.option("--store", "store_uri", required=True)
 @storage_options_option
+@click.option("--world", "world_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="The generated world the datasets were extracted from (its JSONL hold the ground truth).")
+@click.option("--prefix", default="world", show_default=True,
+              help="Dataset names: PREFIX-train, PREFIX-test_id, PREFIX-test_ood (the demo's control: control).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Report folder: probe.json, probe.md.")
+@click.option("--space", "space_key", default=None)
+def probe(store_uri, storage_options, world_dir, prefix, out, space_key) -> None:
+    """Linear probes of the cached tokens: is the binding in them at all?
+
+    From the patch token under an object, its colour and its shape; from a caption's object
+    word, the colour bound to it. Each against chance and against the global embedding told
+    which object is meant. Labels come from a generated world's ground truth (vlcache demo's)."""
+    from workflows.probe import run_probes, write_report
+
+    click.echo(write_report(run_probes(store_uri, world_dir, prefix, space_key, storage_options), out), nl=False)
+
+
+@cli.command()
+@click.option("--store", "store_uri", required=True)
+@storage_options_option
 @click.option("--dataset", required=True)
 @click.option("--regions", "sources", multiple=True, default=("values",), show_default=True,
               type=RegistryChoice(_region_sources),
