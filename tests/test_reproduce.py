@@ -50,18 +50,25 @@ def test_reproduce_writes_the_papers_table_with_published_numbers_beside(stand_i
     root, annotations = stand_ins
     out = tmp_path / "paper"
     config = tmp_path / "short.json"
-    config.write_text(json.dumps({"train": {"steps": 4, "batch_size": 8, "warmup_steps": 1}}))
+    config.write_text(json.dumps({"train": {"steps": 4, "batch_size": 8, "warmup_steps": 1},
+                                  "finetune": {"steps": 3, "batch_size": 8, "warmup_steps": 1, "lr": 1e-4}}))
     args = ["reproduce", "--config", str(config), "--coco", str(root / "coco"), "--sugarcrepe", annotations, "--bivlc",
             str(root / "bivlc.parquet"), "--trohn", str(root / "trohn_text.json"), "--model", "vlcache-tiny",
             "--out", str(out), "--seeds", "0,1", "--quiet"]
     assert main(args) == 0
     result = json.loads((out / "reproduce.json").read_text())
-    assert set(result["measured"]) == {"global", "global-mlp", "maxsim", "tflocal"}
+    assert set(result["measured"]) == {"global", "global-mlp", "maxsim", "tflocal", "fine-tuned",
+                                       "fine-tuned + hard negatives"}
+    assert result["measured"]["fine-tuned + hard negatives"]["swap_att"]["seeds"] == 2
+    # Each fine-tuned encoder (2 methods x 2 seeds) is a space of its own beside the frozen one.
+    from cache_schemas import open_store
+    assert len(open_store(str(out / "store")).space_keys()) == 5
     tflocal = result["measured"]["tflocal"]
     assert tflocal["swap_att"]["seeds"] == 2 and 0 <= tflocal["bivlc group"]["mean"] <= 1
     assert result["published"]["zero-shot CLIP"]["sugarcrepe avg"] == 73.1
     table = (out / "reproduce.md").read_text()
-    for row in ("| tflocal (measured) |", "| global (measured) |", "| zero-shot CLIP (published) |",
+    for row in ("| tflocal (measured) |", "| global (measured) |", "| fine-tuned + hard negatives (measured) |",
+                "| zero-shot CLIP (published) |",
                 "| TFLocal (paper) (published) |"):
         assert row in table
     assert "swap_att" in table and "bivlc group" in table

@@ -443,12 +443,15 @@ def demo(out: str, sweep: bool, small: bool, seed: int, quiet: bool) -> None:
 @click.option("--out", required=True, type=click.Path(file_okay=False))
 @click.option("--seeds", default="0", show_default=True, help="Training seeds, comma-separated.")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), default=None,
-              help='JSON {"train": {...}} overriding every head\'s training defaults (steps, lr, ...).')
+              help='JSON {"train": {...}, "finetune": {...}} overriding every head\'s training defaults and the '
+                   'fine-tuning settings (steps, lr, ...; those of vlcache finetune).')
+@click.option("--no-finetune", is_flag=True, help="Skip the fine-tuning baselines (they run the encoder).")
 @device_option
 @click.option("--quiet", is_flag=True)
-def reproduce(coco, sugarcrepe, bivlc, trohn, model, pretrained, tokenizer, out, seeds, config_path, device,
-              quiet) -> None:
-    """The paper's table: extract COCO/SugarCrepe/BiVLC/TROHN-Text once, train heads, evaluate, compare."""
+def reproduce(coco, sugarcrepe, bivlc, trohn, model, pretrained, tokenizer, out, seeds, config_path, no_finetune,
+              device, quiet) -> None:
+    """The paper's table: extract COCO/SugarCrepe/BiVLC/TROHN-Text once, train heads, fine-tune the
+    encoder (plain and with hard negatives), evaluate, compare."""
     from pipeline.encoders import EncoderRequest
     from workflows.reproduce import ReproduceConfig, Sources
     from workflows.reproduce import reproduce as run_reproduce
@@ -459,10 +462,13 @@ def reproduce(coco, sugarcrepe, bivlc, trohn, model, pretrained, tokenizer, out,
         raise click.BadParameter(f"expected comma-separated integers, got {seeds!r}", param_hint="--seeds") from None
     from trainer.config import TrainConfig, read_config
 
-    overrides = read_config(config_path).get("train", {}) if config_path else {}
+    user = read_config(config_path) if config_path else {}
+    overrides = user.get("train", {})
     TrainConfig.from_json(overrides)  # refused here, in one line, before any extraction
+    tuning = None if no_finetune else FinetuneConfig.from_json(user.get("finetune", {}))
     run_reproduce(out, Sources(coco, sugarcrepe, bivlc, trohn), EncoderRequest(model, pretrained, tokenizer=tokenizer),
-                  ReproduceConfig(seeds=seed_list, train=overrides, device=device), progress=not quiet)
+                  ReproduceConfig(seeds=seed_list, train=overrides, finetune=tuning, device=device),
+                  progress=not quiet)
     click.echo(f"table: {os.path.join(out, 'reproduce.md')}")
 
 
