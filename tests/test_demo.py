@@ -8,6 +8,7 @@ import os
 import pytest
 
 from workflows.demo import DemoConfig, run_demo, run_sweep
+from workflows.report import swap_verdict
 
 pytestmark = pytest.mark.slow
 
@@ -77,3 +78,13 @@ def test_sweep_reports_every_point_for_every_method(tmp_path):
         assert len(rows) >= 6  # a row in each split's three tables (and the control's, for heads)
     assert os.path.getsize(tmp_path / "sweep.png") > 10_000
     assert json.loads((tmp_path / "sweep.json").read_text())["points"][1]["world"]["test_id"]["total"] == 24
+
+
+@pytest.mark.parametrize("swap, replace, says", [
+    (0.531, 0.933, "bag-of-words-like on swaps** (3.1 points above chance"),
+    (0.640, 0.850, "bag-of-words-like on swaps** (14.0"),
+    (0.867, 0.981, "binds, weakly**: not bag-of-words-like"),  # the demo's encoder before issue 21
+    (0.900, 0.950, "**not** bag-of-words-like"),
+])
+def test_an_encoder_is_called_bag_of_words_like_only_within_15_points_of_chance(swap, replace, says):
+    assert says in swap_verdict(swap, replace)
