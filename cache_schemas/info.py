@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from .gc import dataset_hashes, referenced
@@ -50,6 +52,8 @@ def _space(store: Store, key: str, datasets: dict[str, dict[str, HashSet]], need
         for batch in space.ledger.row_batches(kind, columns):
             encoded = batch.filter(pc.is_null(batch["error"]))
             hashes, keys = encoded["hash"], prefix_keys(as_hashes(encoded["hash"]))  # once, for every set
+            order = np.argsort(keys, kind="stable")  # sorted once: each set's search then runs in order
+            hashes, keys = hashes.take(pa.array(order)), keys[order]
             count = counts[kind]
             count["rows"] += batch.num_rows
             count["encoded"] += encoded.num_rows
