@@ -314,7 +314,7 @@ class OpenClipEncoder(Encoder):
         the decode threads, where they held the interpreter lock the encoding thread needs."""
         return torch.from_numpy(self._steps(image))
 
-    def _normalised(self, pixels: torch.Tensor) -> torch.Tensor:
+    def normalised(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 pixels as ToTensor then Normalize make them (the same float32 operations); float
         pixels are taken as already normalised."""
         if pixels.dtype != torch.uint8:
@@ -375,7 +375,7 @@ class OpenClipEncoder(Encoder):
     @torch.inference_mode()
     def encode_images(self, pixels: torch.Tensor) -> dict[str, np.ndarray]:
         """The image arrays of the space for a batch (B, 3, H, W): image_patches, image_cls, image_global."""
-        pixels = self._normalised(pixels.to(self.device, non_blocking=True))
+        pixels = self.normalised(pixels.to(self.device, non_blocking=True))
         with self._autocast(), self._last_block_input() as last_input:
             out = self.model.forward_intermediates(
                 image=pixels, image_indices=[self._layer_index("image")], normalize_intermediates=True,

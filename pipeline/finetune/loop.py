@@ -127,7 +127,7 @@ def finetune(store_uri: str, dataset: str, request: EncoderRequest, out: str, *,
             pixels = torch.stack(list(decoders.map(lambda uri: _pixels(encoder, uri), uris)))
             ids, _ = encoder.tokenize([pairs.texts[i] for i in batch.text_rows.tolist()])
             with amp:
-                value = _loss(model, encoder._normalised(pixels.to(torch_device)), ids.to(torch_device), scoring)
+                value = _loss(model, encoder.normalised(pixels.to(torch_device)), ids.to(torch_device), scoring)
             optimizer.zero_grad(set_to_none=True)
             value.backward()
             norm = torch.nn.utils.clip_grad_norm_(trained, config.grad_clip)
