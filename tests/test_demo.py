@@ -43,6 +43,8 @@ def test_the_report_puts_the_control_first_and_states_the_outcome_for_every_meth
     assert sections[0].startswith("## 1. The positive control")
     assert "the control is valid" in report or "the control is broken" in report
     assert "bag-of-words-like on swaps" in report
+    assert "### What the frozen tokens carry: linear probes" in report and set(summary["probes"]) == {"world",
+                                                                                                     "control"}
     assert set(summary["control"]) == {"global", "maxsim", "global-mlp", "tflocal"}
     methods = ("global", "maxsim (no training)", "diagnostic, pooled patches", "diagnostic, pooled values",
                "diagnostic, crops (canvas)", "diagnostic, crops (resize)", "maxsim", "global-mlp", "tflocal")

@@ -30,6 +30,7 @@ from trainer.train import train
 from . import report as demo_report
 from .control import build_control
 from .control import scaled as control_world
+from .probe import run_probes
 from .results import Results
 from .world import WorldConfig, generate
 from .world.pretrain import PretrainConfig, pretrain
@@ -105,6 +106,11 @@ def run_demo(out: str, config: DemoConfig = DemoConfig(), progress: bool = True,
             for split in SPLITS:
                 extract(world["jsonl"][split], "bivlc", f"world-{split}", _encoder_request(checkpoint), store,
                         options=ExtractOptions(rows_per_shard=1024, progress=False), workers=workers)
+    with log("probe what the frozen tokens carry"):
+        probes = {"world": run_probes(store, os.path.join(out, "world"))}
+        if os.path.exists(os.path.join(out, "control", "store")):  # built by this run, not passed in
+            probes["control"] = run_probes(os.path.join(out, "control", "store"),
+                                           os.path.join(out, "control", "world"), "control")
     results = Results(counts=world["counts"])
     with log("zero-shot global cosine and the diagnostic"):
         _untrained_methods(store, config, results)
@@ -112,7 +118,8 @@ def run_demo(out: str, config: DemoConfig = DemoConfig(), progress: bool = True,
         print("\n".join(demo_report.encoder_verdicts(results)).replace("**", ""), flush=True)
     with log("train heads"):
         _train_heads(os.path.join(out, "runs"), store, "world", config, progress, results)
-    summary = {"config": _jsonable(config), "timings": timings, "seconds": time.perf_counter() - started}
+    summary = {"config": _jsonable(config), "timings": timings, "seconds": time.perf_counter() - started,
+               "probes": probes}
     demo_report.write(out, summary, results, control, world_dir=os.path.join(out, "world"), plots=plots)
     return {**summary, "results": results.headlines(), "control": control.headlines(), "world": world["counts"],
             "at_chance": {m: results.at_chance(m) for m in results.methods}}

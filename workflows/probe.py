@@ -71,7 +71,10 @@ def run_probes(store_uri: str, world_dir: str, prefix: str = "world", space_key:
     return results
 
 
-def _score(train: Samples, test: Samples) -> dict[str, Any]:
+def _score(train: Samples, test: Samples) -> dict[str, Any] | None:
+    """None where a split has no example of this probe (a tiny world)."""
+    if not train.label or not test.label:
+        return None
     token = fit_probe(np.stack(train.token), train.label, np.stack(test.token), test.label)
     queries = sorted(set(train.query))
     glob = fit_probe(_with_query(train, queries), train.label, _with_query(test, queries), test.label)
@@ -174,21 +177,28 @@ def _last_token(tokenize, prefix: str) -> int:
 
 
 def write_report(results: dict[str, Any], out: str) -> str:
+    """probe.json and probe.md in `out`; returns the Markdown."""
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "probe.json"), "w", encoding="utf-8") as f:
         json.dump(results, f, indent=2)
-    lines = [f"Linear probes on space `{results['space']}` (trained on train; accuracy %, chance = the test set's "
-             "most frequent label; unbound = guessing among the labels present, what knowing them without "
-             "their binding scores).", "",
-             "| probe | test split | n train / test | classes | chance | unbound | token | global + which object |",
+    text = (f"Linear probes on space `{results['space']}` (trained on train; accuracy %, chance = the test set's most "
+            "frequent label; unbound = guessing among the labels present, what knowing them without their binding "
+            "scores).\n\n" + table(results))
+    with open(os.path.join(out, "probe.md"), "w", encoding="utf-8") as f:
+        f.write(text)
+    return text
+
+
+def table(results: dict[str, Any]) -> str:
+    lines = ["| probe | test split | n train / test | classes | chance | unbound | token | global + which object |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
     for name, by_split in results["probes"].items():
         for split, s in by_split.items():
+            if s is None:
+                lines.append(f"| {name} | {split} | no examples | | | | | |")
+                continue
             token, glob = ProbeScore(**s["token"]), ProbeScore(**s["global"])
             lines.append(f"| {name} | {split} | {token.n_train} / {token.n_test} | {token.classes} | "
                          f"{100 * token.chance:.1f} | {100 * s['unbound_guess']:.1f} | {100 * token.accuracy:.1f} | "
                          f"{100 * glob.accuracy:.1f} |")
-    text = "\n".join(lines) + "\n"
-    with open(os.path.join(out, "probe.md"), "w", encoding="utf-8") as f:
-        f.write(text)
-    return text
+    return "\n".join(lines) + "\n"

@@ -15,6 +15,7 @@ from typing import Any
 
 from trainer.metrics import markdown_table
 
+from .probe import table as probe_table
 from .results import SPLIT_NAMES, Estimate, Results, compare, difference_text
 
 # Global cosine is bag-of-words-like on swaps within this of chance (one negative: 50%), as CLIP
@@ -176,6 +177,7 @@ def markdown(summary: dict[str, Any], results: Results, control: Results, figure
         f"{world['n_test']} per test split. Encoder: `{summary['config']['pretrain']['model']}` pretrained from "
         "scratch with the CLIP loss (no hard negatives), frozen.", "",
         *encoder_verdicts(results), "",
+        *_probe_section(summary.get("probes", {})),
         "## 3. Methods against global cosine on the world", "",
         *comparisons(results, control), _sample_sizes(results), "",
         _world_table(results),
@@ -191,6 +193,23 @@ def markdown(summary: dict[str, Any], results: Results, control: Results, figure
     timings = ", ".join(f"{k} {v:.0f}s" for k, v in summary["timings"].items())
     lines += ["", f"Run time: {summary['seconds'] / 60:.1f} min ({timings}).", ""]
     return "\n".join(lines)
+
+
+def _probe_section(probes: dict[str, Any]) -> list[str]:
+    """What the frozen tokens carry (`vlcache probe`): is the binding there for a local head to find?"""
+    if not probes:
+        return []
+    lines = ["### What the frozen tokens carry: linear probes", "",
+             "Trained on the train split's cached embeddings, labels from the world's ground truth: from the patch "
+             "under an object its colour and shape, from a caption's object word the colour bound to it; beside "
+             "chance, guessing among the labels present (unbound) and the global embedding told which object is "
+             "meant. The probes' own control is the control store, where the tokens carry the binding by "
+             "construction.", ""]
+    for name in ("control", "world"):
+        if name in probes:
+            lines += [f"{'Control' if name == 'control' else 'World encoder'} (accuracy %):", "",
+                      probe_table(probes[name])]
+    return lines
 
 
 def _without_scores(results: Results) -> dict[str, Any]:
