@@ -57,13 +57,14 @@ class Pairs:
             items = items.filter(pc.equal(items["split"], split))
         images, texts = dataset.images, dataset.texts
         image = _index(items["image"], images["hash"])
-        items = items.filter(pa.array(image >= 0))  # items whose image failed to load have no row
+        readable = image >= 0  # items whose image failed to load have no row
+        items, image = items.filter(pa.array(readable)), image[readable]
         if items.num_rows == 0:
             raise VlcacheError(f"dataset {dataset.name} has no item with a readable image"
                                + (f" in split {split!r}" if split else ""))
         none = np.full((items.num_rows, 1), -1, np.int64)
         return cls(images["uri"].to_pylist(), texts["text"].to_pylist(),
-                   _index(items["image"], images["hash"]), _index(items["caption"], texts["hash"]),
+                   image, _index(items["caption"], texts["hash"]),
                    _index_lists(items["negative_captions"], texts["hash"]) if negatives else none,
                    _index_lists(items["negative_images"], images["hash"]) if negatives else none)
 
