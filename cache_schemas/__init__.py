@@ -2,9 +2,12 @@
 read API (`open_store`) and the validator (`verify`). Depends on zarr, pyarrow and fsspec only,
 so the trainer and notebooks read a store without torch or open_clip."""
 
+from .chunk_cache import ChunkCache
 from .embeddings import SpaceEmbeddings, checksum
 from .errors import (
+    DamagedMetadataError,
     DatasetConflictError,
+    DiskFullError,
     ExportFileError,
     InvalidSourceError,
     InvalidSpecError,
@@ -14,6 +17,7 @@ from .errors import (
     StoreNotWritableError,
     UnknownDatasetError,
     UnknownSpaceError,
+    UnreachableError,
     VlcacheError,
 )
 from .layout import Geometry
@@ -26,9 +30,10 @@ from .version import SCHEMA_VERSION
 from .writer import SpaceWriter
 
 __all__ = [
-    "EXTRACTION_VERSION", "SCHEMA_VERSION", "DatasetConflictError", "DatasetTables", "EmbeddingSpace",
-    "ExportFileError", "Geometry", "InvalidSourceError", "InvalidSpecError", "Location", "SchemaVersionError",
+    "EXTRACTION_VERSION", "SCHEMA_VERSION", "ChunkCache", "DamagedMetadataError", "DatasetConflictError",
+    "DatasetTables", "DiskFullError", "EmbeddingSpace", "ExportFileError", "Geometry", "InvalidSourceError",
+    "InvalidSpecError", "Location", "SchemaVersionError",
     "SpaceEmbeddings", "SpaceWriter", "Store", "StoreBusyError", "StoreNotFoundError", "StoreNotWritableError",
-    "UnknownDatasetError", "UnknownSpaceError", "VerifyReport", "VlcacheError", "checksum",
+    "UnknownDatasetError", "UnknownSpaceError", "UnreachableError", "VerifyReport", "VlcacheError", "checksum",
     "open_store", "text_hash", "verify",
 ]

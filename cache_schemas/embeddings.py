@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -15,7 +16,7 @@ import zarr
 from zarr.core.buffer.cpu import NDBuffer
 
 from . import tables
-from .errors import DamagedStoreError, InvalidSpecError
+from .errors import DamagedStoreError
 from .layout import EMBEDDINGS, KINDS, SPACE_SPEC, ArrayLayout, Geometry, Kind, array_layouts, space_dir, token_rows
 from .ledger import Ledger
 from .location import Location
@@ -69,11 +70,9 @@ class SpaceEmbeddings:
 
     @classmethod
     def open(cls, location: Location, key: str):
-        doc = location.read_json(f"{space_dir(key)}/{SPACE_SPEC}")
-        spec = EmbeddingSpace.from_json(doc["spec"])
-        if spec.key != key:
-            raise InvalidSpecError(f"space folder {key} holds the spec of {spec.key}")
-        return cls(location, spec, Geometry(**doc["geometry"]))
+        rel = f"{space_dir(key)}/{SPACE_SPEC}"
+        doc = location.read_json(rel, keys=("spec", "geometry"))
+        return cls(location, *parse_space(location, rel, key, doc["spec"], doc["geometry"]))
 
     def _rel(self, name: str) -> str:
         return f"{space_dir(self.key)}/{name}"
@@ -306,6 +305,16 @@ class SpaceEmbeddings:
         itemsize = np.dtype(self.spec.dtype).itemsize
         return {name: (tokens if layout.ragged else rows[layout.kind]) * int(np.prod(layout.row_shape)) * itemsize
                 for name, layout in self.layouts.items()}
+
+
+def parse_space(location: Location, rel: str, key: str, spec: Any, geometry: Any) -> tuple[EmbeddingSpace, Geometry]:
+    """A space's spec and geometry as file `rel` holds them (its `space.json`, or the copy in its Zarr group's
+    attributes), checked against the space's key."""
+    with location.parsing(rel, "a space spec"):
+        parsed = EmbeddingSpace.from_json(spec), Geometry(**geometry)
+    if parsed[0].key != key:
+        raise location.damaged(rel, f"holds the spec of space {parsed[0].key}, not of {key}")
+    return parsed
 
 
 def _hash_array(hashes: Iterable[str | None] | pa.Array | pa.ChunkedArray) -> pa.Array:

@@ -2,19 +2,21 @@
 
 Two formats. `hdf5` holds everything another store needs to take the dataset and its rows (the tables,
 the space's spec, every array of every unique image and text, each row tied to its content hash), in a
-layout plain h5py reads (cache_schemas/README.md, "Export and import"). `clip-retrieval` is one row per
-item, the global embeddings of its image and its caption, as clip-retrieval's index builder reads them.
-`ExportFile` opens an HDF5 export and checks it before anything is written from it (the import itself
-is pipeline/importer.py: it plans and commits shards). Both directions stream a block of rows at a
-time: memory is bounded by BLOCK_BYTES, not by the dataset's size."""
+layout plain h5py reads (cache_schemas/README.md, "Export and import"). `clip-retrieval` is the global
+embeddings of the items' unique images and unique captions, each with its metadata, in the folders
+clip-retrieval's `clip inference` writes (autofaiss and `clip back` take them as they are). An export
+never overwrites what exists unless forced, and replaces it only once complete. `ExportFile` opens an
+HDF5 export and checks it before anything is written from it (the import itself is
+pipeline/importer.py: it plans and commits shards). Both directions stream a block of rows at a time:
+memory is bounded by BLOCK_BYTES, not by the dataset's size."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
-import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from importlib import metadata
@@ -23,11 +25,12 @@ from typing import Any
 import h5py
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from . import tables
+from . import h5file, tables
 from .embeddings import SpaceEmbeddings
-from .errors import ExportFileError, VlcacheError
+from .errors import ExportFileError, VlcacheError, disk_full_as_error, is_disk_full
 from .h5table import STRING, read_table, write_table
 from .layout import KINDS, ArrayLayout, Geometry, Kind, array_layouts, token_rows
 from .space import EmbeddingSpace
@@ -51,8 +54,8 @@ class ExportSummary:
     space: str
     out: str
     format: str
-    rows: dict[str, int]  # what was written: images and texts (hdf5), or items (clip-retrieval)
-    left_out: dict[str, int]  # the dataset's content (or items) without embeddings in the space
+    rows: dict[str, int]  # what was written: images and texts (clip-retrieval: the items' unique ones)
+    left_out: dict[str, int]  # those without embeddings in the space
 
     def lines(self) -> list[str]:
         wrote = ", ".join(f"{n} {what}" for what, n in self.rows.items())
@@ -81,21 +84,24 @@ def _found_in_order(rows: np.ndarray) -> np.ndarray:
 
 # -- HDF5 ------------------------------------------------------------------------------------------
 
-def export_hdf5(store: Store, dataset: str, space_key: str | None, out: str) -> ExportSummary:
-    """Write `dataset`'s tables and its content's rows in the space to the HDF5 file `out` (replaced
-    whole: the file appears only once complete)."""
-    data = store.dataset(dataset)
-    space = store.space_or_only(space_key)
-    present = {kind: _present(space, kind, _content(data, kind)["hash"].to_pylist()) for kind in KINDS}
-    _require_some(space, dataset, sum(len(hashes) for hashes, _ in present.values()))
-    with _replaced(out) as tmp, h5py.File(tmp, "w") as f:
-        f.attrs.update(_header(data, space))
-        group = f.create_group("tables")
-        for name in TABLES:
-            write_table(group, name, getattr(data, name))
-        embeddings = f.create_group("embeddings")
-        _write_images(embeddings, space, *present["images"])
-        _write_texts(embeddings, space, *present["texts"])
+def export_hdf5(store: Store, dataset: str, space_key: str | None, out: str, force: bool = False) -> ExportSummary:
+    """Write `dataset`'s tables and its content's rows in the space to the HDF5 file `out`. An existing
+    `out` is refused unless `force`, and then replaced only by a complete file (`_replaced`)."""
+    _check_out(store, out)
+    with _replaced(out, force) as tmp:
+        data = store.dataset(dataset)
+        space = store.space_or_only(space_key)
+        present = {kind: _present(space, kind, _content(data, kind)["hash"].to_pylist()) for kind in KINDS}
+        _require_some(space, dataset, sum(len(hashes) for hashes, _ in present.values()))
+        with h5file.written(tmp) as (f, output):
+            f.attrs.update(_header(data, space))
+            group = f.create_group("tables")
+            for name in TABLES:
+                write_table(group, name, getattr(data, name))
+                output.check()
+            embeddings = f.create_group("embeddings")
+            _write_images(embeddings, space, *present["images"], output.check)
+            _write_texts(embeddings, space, *present["texts"], output.check)
     counts = {kind: len(present[kind][0]) for kind in KINDS}
     return ExportSummary(dataset, space.key, out, "hdf5", counts,
                          {kind: _content(data, kind).num_rows - counts[kind] for kind in KINDS})
@@ -129,15 +135,19 @@ def _version() -> str:
         return "unknown"
 
 
-def _write_images(group: h5py.Group, space: SpaceEmbeddings, hashes: list[str], rows: np.ndarray) -> None:
+def _write_images(group: h5py.Group, space: SpaceEmbeddings, hashes: list[str], rows: np.ndarray,
+                  check: Callable[[], None]) -> None:
+    """`check`, after each block: raises what made the file's writes fail (`h5file.Output`)."""
     group.create_dataset(HASHES["images"], data=np.array(hashes, dtype=object), dtype=STRING)
     for name in space.arrays("images"):
         out = _create(group, name, (len(rows), *space.layouts[name].row_shape), space.spec.dtype)
         for start, stop in _blocks(len(rows), _row_bytes(out)):
             out[start:stop] = space.read(name, rows[start:stop])
+            check()
 
 
-def _write_texts(group: h5py.Group, space: SpaceEmbeddings, hashes: list[str], rows: np.ndarray) -> None:
+def _write_texts(group: h5py.Group, space: SpaceEmbeddings, hashes: list[str], rows: np.ndarray,
+                 check: Callable[[], None]) -> None:
     """Tokens back to back in the file's text order: text i's are values[offsets[i]:offsets[i+1]]."""
     group.create_dataset(HASHES["texts"], data=np.array(hashes, dtype=object), dtype=STRING)
     lengths = space.token_spans(rows)[1]
@@ -148,9 +158,11 @@ def _write_texts(group: h5py.Group, space: SpaceEmbeddings, hashes: list[str], r
     per_text = space.spec.context_length * values.dtype.itemsize * space.spec.text_token_dim  # at most
     for start, stop in _blocks(len(rows), per_text):
         values[offsets[start]:offsets[stop]] = space.read_tokens(rows[start:stop])[0]
+        check()
     pooled = _create(group, "text_global", (len(rows), space.spec.dims["embed_dim"]), space.spec.dtype)
     for start, stop in _blocks(len(rows), _row_bytes(pooled)):
         pooled[start:stop] = space.read("text_global", rows[start:stop])
+        check()
 
 
 def _create(group: h5py.Group, name: str, shape: tuple[int, ...], dtype: str) -> h5py.Dataset:
@@ -168,82 +180,185 @@ def _row_bytes(array: h5py.Dataset | np.ndarray) -> int:
 
 def _blocks(n: int, row_bytes: int) -> Iterator[tuple[int, int]]:
     """[start, stop) ranges of n rows, each holding at most BLOCK_BYTES of rows of `row_bytes`."""
-    step = max(1, BLOCK_BYTES // max(row_bytes, 1))
+    step = _block_rows(row_bytes)
     for start in range(0, n, step):
         yield start, min(start + step, n)
 
 
+def _block_rows(row_bytes: int) -> int:
+    return max(1, BLOCK_BYTES // max(row_bytes, 1))
+
+
+# -- writing beside the output, then swapping -------------------------------------------------------
+
+def _check_out(store: Store, out: str) -> None:
+    """Refuse a URL (an export is a local file or folder: os paths, renames) and an output that is the
+    store, a folder holding it (replacing it would delete the store) or a path inside it."""
+    if "://" in out:
+        raise ExportFileError(f"{out} is a URL; an export is written to a local path (copy it there afterwards)")
+    if not store.location.is_local:
+        return
+    root, target = os.path.realpath(store.location.path()), os.path.realpath(out)
+    if root == target or root.startswith(target.rstrip(os.sep) + os.sep):
+        raise ExportFileError(f"{out} is or holds the store {store.location.uri}; export somewhere else")
+    if target.startswith(root + os.sep):  # a file among the store's own would be taken for part of it
+        raise ExportFileError(f"{out} is inside the store {store.location.uri}; export somewhere else")
+
+
 @contextmanager
-def _replaced(out: str) -> Iterator[str]:
-    """A temporary path beside `out`, moved onto it once written; removed if writing fails."""
-    tmp = os.path.join(os.path.dirname(os.path.abspath(out)), f".{os.path.basename(out)}.{uuid.uuid4().hex}.partial")
+def _replaced(out: str, force: bool, folder: bool = False) -> Iterator[str]:
+    """A temporary sibling of `out` (a file, or a `folder`) to write the export in, moved onto `out` once
+    complete. An existing `out` is refused unless `force`; it is replaced only by a complete export, so
+    an export that fails or is killed leaves it as it was. A `.partial` an export that was killed left
+    is removed; so is a `.old` left between the two renames of a folder swap (or it is put back). A full
+    disk is one line, once the partial export is removed."""
+    parent, base = os.path.split(os.path.abspath(out))
+    tmp, old = (os.path.join(parent, f".{base}.{suffix}") for suffix in ("partial", "old"))
+    with disk_full_as_error(out, "the partial export was removed (an earlier one there is kept); free some space "
+                                 "and export again"):
+        try:
+            _recover(out, old)
+            if os.path.lexists(out) and not force:
+                raise ExportFileError(f"{out} already exists; pass --force to replace it")
+            _remove(tmp)
+            os.makedirs(tmp if folder else parent, exist_ok=True)
+            if not folder:
+                open(tmp, "wb").close()
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise
+            raise ExportFileError(f"cannot write {out}: {exc.strerror or exc}") from None
+        try:
+            yield tmp
+            _swap(tmp, out, old)
+        finally:
+            _remove(tmp)
+
+
+def _recover(out: str, old: str) -> None:
+    """Finish a swap that was killed between its renames: `old` is the previous export."""
+    if not os.path.lexists(old):
+        return
+    if os.path.lexists(out):
+        _remove(old)
+    else:
+        os.replace(old, out)
+
+
+def _swap(tmp: str, out: str, old: str) -> None:
+    """A file onto a file (or nothing) in one atomic rename; a folder, or onto one, in two (`_recover`)."""
     try:
-        with open(tmp, "wb"):
-            pass
-    except OSError as exc:
-        raise ExportFileError(f"cannot write {out}: {exc.strerror or exc}") from None
-    try:
-        yield tmp
+        if not os.path.lexists(out) or (os.path.isfile(tmp) and not os.path.isdir(out)):
+            os.replace(tmp, out)
+            return
+        os.replace(out, old)
         os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        _remove(old)
+    except OSError as exc:
+        raise ExportFileError(f"cannot replace {out}: {exc.strerror or exc}") from None
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.unlink(path)
 
 
 # -- clip-retrieval ----------------------------------------------------------------------------------
 
-def export_clip_retrieval(store: Store, dataset: str, space_key: str | None, out_dir: str) -> ExportSummary:
-    """clip-retrieval's layout: img_emb/img_emb_0.npy and text_emb/text_emb_0.npy (the global
-    embeddings of each item's image and caption, in the space's dtype) and metadata/metadata_0.parquet,
-    row for row. Items whose image or caption has no row in the space are left out."""
-    data = store.dataset(dataset)
-    space = store.space_or_only(space_key)
-    items = data.items
-    image_rows = space.rows("images", items["image"].to_pylist())
-    text_rows = space.rows("texts", items["caption"].to_pylist())
-    keep = (image_rows >= 0) & (text_rows >= 0)
-    _require_some(space, dataset, int(keep.sum()))
-    paths = {sub: os.path.join(out_dir, sub, f"{sub}_0.{ext}")
-             for sub, ext in (("img_emb", "npy"), ("text_emb", "npy"), ("metadata", "parquet"))}
-    for path in paths.values():
-        _mkdir(os.path.dirname(path))
-    with _replaced(paths["img_emb"]) as img, _replaced(paths["text_emb"]) as txt, \
-            _replaced(paths["metadata"]) as meta:
-        _write_npy(img, space, "image_global", image_rows[keep])
-        _write_npy(txt, space, "text_global", text_rows[keep])
-        pq.write_table(_clip_metadata(data, items.filter(pa.array(keep))), meta)
-    return ExportSummary(dataset, space.key, out_dir, "clip-retrieval", {"items": int(keep.sum())},
-                         {"items": int((~keep).sum())})
+# kind: (its collection's folder, the embeddings' subfolder as `clip inference` names it)
+CLIP_COLLECTIONS: dict[Kind, tuple[str, str]] = {"images": ("images", "img_emb"), "texts": ("texts", "text_emb")}
+SOURCE_FIELDS = ("url", "key")  # item columns img2dataset fills, kept where the dataset has them
 
 
-def _mkdir(path: str) -> None:
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as exc:
-        raise ExportFileError(f"cannot write {path}: {exc.strerror or exc}") from None
+def export_clip_retrieval(store: Store, dataset: str, space_key: str | None, out_dir: str,
+                          force: bool = False) -> ExportSummary:
+    """Two collections in clip-retrieval's layout: OUT/images (img_emb/img_emb_{i}.npy and
+    metadata/metadata_{i}.parquet, one row per unique image of the items) and OUT/texts (text_emb/ and
+    metadata/, one row per unique caption). Each is what `clip inference` writes for one modality, so
+    `clip index` and autofaiss take it as it is, and its metadata rows line up with its embeddings (clip
+    back keeps one metadata table per index folder). Content without a row in the space is left out."""
+    _check_out(store, out_dir)
+    with _replaced(out_dir, force, folder=True) as tmp:
+        data = store.dataset(dataset)
+        space = store.space_or_only(space_key)
+        unique = {kind: _unique_items(data.items, column) for kind, column in (("images", "image"),
+                                                                                  ("texts", "caption"))}
+        present = {kind: _present_rows(space, kind, table) for kind, table in unique.items()}
+        _require_some(space, dataset, sum(len(rows) for _, rows in present.values()))
+        for kind, (table, rows) in present.items():
+            folder, sub = CLIP_COLLECTIONS[kind]
+            metadata = _clip_metadata(data, kind, table)
+            _write_partitions(os.path.join(tmp, folder), sub, space, f"{kind[:-1]}_global", rows, metadata)
+    counts = {kind: len(rows) for kind, (_, rows) in present.items()}
+    return ExportSummary(dataset, space.key, out_dir, "clip-retrieval", counts,
+                         {kind: unique[kind].num_rows - counts[kind] for kind in KINDS})
 
 
-def _write_npy(path: str, space: SpaceEmbeddings, name: str, rows: np.ndarray) -> None:
-    """A .npy filled a block at a time through a memory map, so the array is never whole in memory."""
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=space.spec.dtype,
-                                    shape=(len(rows), space.spec.dims["embed_dim"]))
-    for start, stop in _blocks(len(rows), _row_bytes(out)):
-        out[start:stop] = space.read(name, rows[start:stop])
-    out.flush()
-    del out
+def _unique_items(items: pa.Table, column: str) -> pa.Table:
+    """Each distinct non-null hash of `column`, in the items' order: `hash`, `first` (the position of the
+    first item that has it, whose fields describe it) and `item_ids` (every item that has it)."""
+    indexed = items.select(["item_id", column]).append_column("position", pa.array(np.arange(items.num_rows)))
+    grouped = indexed.filter(pc.is_valid(indexed[column])).group_by(column, use_threads=False).aggregate(
+        [("position", "min"), ("item_id", "list")])
+    return grouped.rename_columns({column: "hash", "position_min": "first", "item_id_list": "item_ids"})
 
 
-def _clip_metadata(data: DatasetTables, items: pa.Table) -> pa.Table:
-    """One row per exported item: clip-retrieval's `image_path` and `caption`, and the item's own fields."""
-    uris = dict(zip(data.images["hash"].to_pylist(), data.images["uri"].to_pylist()))
-    texts = dict(zip(data.texts["hash"].to_pylist(), data.texts["text"].to_pylist()))
-    return pa.table({
-        "item_id": items["item_id"],
-        "image_path": pa.array([uris[h] for h in items["image"].to_pylist()], pa.string()),
-        "caption": pa.array([texts[h] for h in items["caption"].to_pylist()], pa.string()),
-        "subset": items["subset"], "type": items["type"], "subtype": items["subtype"], "split": items["split"],
-        "image_hash": items["image"], "caption_hash": items["caption"],
-    })
+def _present_rows(space: SpaceEmbeddings, kind: Kind, unique: pa.Table) -> tuple[pa.Table, np.ndarray]:
+    """The hashes the space holds rows for, and their rows, in row order (see `_present`)."""
+    rows = space.rows(kind, unique["hash"].to_pylist())
+    order = _found_in_order(rows)
+    return unique.take(pa.array(order, pa.int64())), rows[order]
+
+
+def _clip_metadata(data: DatasetTables, kind: Kind, unique: pa.Table) -> pa.Table:
+    """clip-retrieval's `image_path` and `caption` for each row, img2dataset's `url` and `key` where the
+    items have them, and the hash and items each row comes from. An image's caption, url and key are
+    its first item's; so are a caption's image, url and key."""
+    first = data.items.take(unique["first"])
+    images = first["image"] if kind == "texts" else unique["hash"]
+    captions = first["caption"] if kind == "images" else unique["hash"]
+    columns = {
+        "image_path": _local_paths(_lookup(data.images, "uri", images)),
+        "caption": _lookup(data.texts, "text", captions),
+        **_source_fields(first),
+        f"{'image' if kind == 'images' else 'caption'}_hash": unique["hash"],
+        "item_ids": unique["item_ids"],
+    }
+    return pa.table(columns)
+
+
+def _source_fields(items: pa.Table) -> dict[str, pa.ChunkedArray]:
+    """The SOURCE_FIELDS columns the items have and fill (read by name: only some readers write them)."""
+    return {name: items[name] for name in SOURCE_FIELDS
+            if name in items.column_names and items[name].null_count < items.num_rows}
+
+
+def _lookup(table: pa.Table, column: str, hashes: pa.Array | pa.ChunkedArray) -> pa.ChunkedArray:
+    """`table[column]` of each hash (null where the hash is)."""
+    return table[column].take(pc.index_in(hashes, value_set=table["hash"]))
+
+
+def _local_paths(uris: pa.ChunkedArray) -> pa.ChunkedArray:
+    """A plain file by its path (`file://` dropped); any other URI (tar://, table://, s3://) as it is."""
+    local = pc.starts_with(uris, "file://")
+    return pc.if_else(local, pc.utf8_slice_codeunits(uris, len("file://")), uris)
+
+
+def _write_partitions(root: str, sub: str, space: SpaceEmbeddings, name: str, rows: np.ndarray,
+                      metadata: pa.Table) -> None:
+    """`rows` of array `name` as `root/sub/sub_{i}.npy` and their metadata as
+    `root/metadata/metadata_{i}.parquet`, a block of rows per partition (BLOCK_BYTES at most); `i` is
+    zero-padded as clip inference pads it, so the partitions sort in row order."""
+    row_bytes = space.spec.dims["embed_dim"] * np.dtype(space.spec.dtype).itemsize
+    width = len(str(-(-len(rows) // _block_rows(row_bytes))))
+    for folder in (sub, "metadata"):
+        os.makedirs(os.path.join(root, folder))
+    for i, (start, stop) in enumerate(_blocks(len(rows), row_bytes)):
+        part = str(i).zfill(width)
+        np.save(os.path.join(root, sub, f"{sub}_{part}.npy"), space.read(name, rows[start:stop]))
+        pq.write_table(metadata.slice(start, stop - start), os.path.join(root, "metadata", f"metadata_{part}.parquet"))
 
 
 # -- reading an HDF5 export back ---------------------------------------------------------------------
@@ -408,7 +523,11 @@ def _take(dataset: h5py.Dataset, index: np.ndarray) -> np.ndarray:
     while start < len(wanted):
         first = int(wanted[start])
         stop = int(np.searchsorted(wanted, first + span, side="left"))
-        block = dataset[first:int(wanted[stop - 1]) + 1]
+        try:
+            block = dataset[first:int(wanted[stop - 1]) + 1]
+        except OSError as exc:  # a chunk whose bytes no longer decompress: the file is damaged, said once
+            raise ExportFileError(f"{dataset.file.filename}: {dataset.name} rows {first} to {int(wanted[stop - 1])} "
+                                  f"cannot be read ({exc}); the file is damaged, export it again") from None
         out[order[start:stop]] = block[wanted[start:stop] - first]
         start = stop
     return out

@@ -20,6 +20,7 @@ from .store import Store
 def describe_store(store: Store, disk_bytes: bool = False) -> dict[str, Any]:
     """`disk_bytes`: also the bytes on disk, which means listing every chunk file (slow on a store with
     a long history); without it, the committed rows' uncompressed bytes, from the index alone."""
+    store.require_specs()  # a space that lost its space.json is named, not left out of the summary
     datasets = {name: _dataset(store, name) for name in store.dataset_names()}
     hashes = dataset_hashes(store)
     needed = referenced(store, hashes)

@@ -40,7 +40,7 @@ def hold(location: Location, name: str, purpose: str, *, wait: float = WAIT, ttl
     finally:
         stop.set()
         renewer.join()
-        lease.write(released=True)
+        lease.release()
 
 
 def _holder(purpose: str, ttl: float) -> dict[str, Any]:
@@ -56,6 +56,19 @@ class _Lease:
     def write(self, released: bool = False) -> None:
         self.record.update(expires=time.time() + self.record["ttl"], released=released)
         self.location.write_json(self.rel, self.record)
+
+    def release(self) -> None:
+        """Mark the lease released; where that cannot be written (a full disk, a lost connection), remove
+        it, which frees it as well: the lease before it is free. Failing both, it is left to expire (at once
+        on this host once this process ends; elsewhere after `ttl`). Never raises: on the way out of an
+        error, that error is the one to report, and the work the lease guarded is done or abandoned."""
+        try:
+            self.write(released=True)
+        except OSError:
+            try:
+                self.location.remove(self.rel)
+            except OSError:
+                pass
 
 
 def _acquire(location: Location, name: str, purpose: str, wait: float, ttl: float,

@@ -16,10 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from . import tables
-from .errors import DamagedStoreError
 from .hashes import HashSet
 from .layout import Geometry, Kind, index_manifest, index_path, part_path, space_dir
 from .location import Location
@@ -63,14 +61,14 @@ class Ledger:
         if kind not in self._plan_files:
             names = [n for n in self.location.listdir(self._rel("plans"))
                      if n.startswith(f"{kind}-") and n.endswith(".parquet")]
-            self._plan_files[kind] = [self._plan_file(self._rel(f"plans/{n}")) for n in names]
+            self._plan_files[kind] = [self.plan_file(self._rel(f"plans/{n}")) for n in names]
         return self._plan_files[kind]
 
-    def _plan_file(self, rel: str) -> PlanFile:
+    def plan_file(self, rel: str) -> PlanFile:
+        """A plan file's shards, from its footer."""
         rows = _row_range(self.location, rel)
         if rows is None:
-            raise DamagedStoreError(f"{self.location.url(rel)} holds no rows; run vlcache cache verify "
-                                    f"{self.location.uri}")
+            raise self.location.damaged(rel, "holds no rows")
         return PlanFile(rel, int(self.geometry.shard_of(rows[0])), int(self.geometry.shard_of(rows[1])))
 
     def planned_shards(self, kind: Kind) -> set[int]:
@@ -164,14 +162,16 @@ class Ledger:
         """The index's segments: from its manifest; for a store of schema 1.2 and before, its one file."""
         if kind not in self._segments:
             manifest = index_manifest(self.key, kind)
+            legacy = index_path(self.key, kind)
             if self.location.exists(manifest):
-                doc = self.location.read_json(manifest)
-                self._segments[kind] = [Segment(self._rel(f"index/{s['file']}"), _expand(s["shards"]), s["rows"])
-                                        for s in doc["segments"]]
-            elif self.location.exists(index_path(self.key, kind)):
-                meta = json.loads(self.location.read_parquet_schema(index_path(self.key, kind)).metadata[b"vlcache"])
-                rows = pq.ParquetFile(self.location.fs.open(self.location.path(index_path(self.key, kind)))).metadata
-                self._segments[kind] = [Segment(index_path(self.key, kind), frozenset(meta["shards"]), rows.num_rows)]
+                doc = self.location.read_json(manifest, keys=("segments",))
+                with self.location.parsing(manifest, "an index manifest"):
+                    self._segments[kind] = [_segment(self._rel(f"index/{s['file']}"), s) for s in doc["segments"]]
+            elif self.location.exists(legacy):
+                with self.location.parsing(legacy, "an index"), self.location.open_parquet(legacy) as f:
+                    footer = self.location.parquet_file(f).metadata
+                    shards = json.loads(footer.metadata[b"vlcache"])["shards"]
+                    self._segments[kind] = [Segment(legacy, frozenset(int(s) for s in shards), footer.num_rows)]
             else:
                 self._segments[kind] = []
         return self._segments[kind]
@@ -192,13 +192,15 @@ class Ledger:
 
     def part(self, kind: Kind, shard: int) -> tuple[pa.Table, dict]:
         rel = part_path(self.key, kind, shard)
-        table = self.location.read_parquet(rel)
         try:
+            table = self.location.read_parquet(rel)
+        except FileNotFoundError:  # listed, or named by the index: collected meanwhile (`_reloading`), or lost
+            raise self.location.missing(rel) from None
+        with self.location.parsing(rel, "a commit record"):
             meta = json.loads(table.schema.metadata[b"vlcache"])
-        except (KeyError, TypeError, ValueError):
-            raise DamagedStoreError(f"{self.location.url(rel)} is not a commit record (no vlcache metadata); run "
-                                    f"vlcache cache verify {self.location.uri}") from None
-        return tables.conform(table, PART_SCHEMAS[kind], f"{kind} part {shard}"), meta
+            if not isinstance(meta.get("checksums"), dict):
+                raise ValueError("no checksums in its vlcache metadata")
+            return tables.conform(table, PART_SCHEMAS[kind], f"{kind} part {shard}"), meta
 
     # -- committed rows -------------------------------------------------------------------------
 
@@ -211,7 +213,7 @@ class Ledger:
             columns = schema
             if legacy and "row" not in schema.names:
                 columns = pa.schema([*schema, PART_SCHEMAS[kind].field("row")])
-            for batch in self.batches(segment.rel, columns, f"{kind} index"):
+            for batch in self.batches(segment.rel, columns, "index segment"):
                 if legacy:
                     mine = np.isin(self.geometry.shard_of(batch["row"].to_numpy()), list(segment.shards))
                     batch = batch.filter(pa.array(mine)).select(schema.names)
@@ -255,33 +257,32 @@ class Ledger:
     def read_segment(self, kind: Kind, segment: Segment) -> pa.Table:
         """A segment's rows, whole (a writer merging or filtering it)."""
         schema = PART_SCHEMAS[kind]
-        return pa.Table.from_batches(list(self.batches(segment.rel, schema, f"{kind} index")), schema=schema)
+        return pa.Table.from_batches(list(self.batches(segment.rel, schema, "index segment")), schema=schema)
 
     def batches(self, rel: str, schema: pa.Schema, what: str) -> Iterator[pa.RecordBatch]:
         try:
-            with self.location.fs.open(self.location.path(rel), "rb") as f:
-                for batch in pq.ParquetFile(f).iter_batches(SCAN_BATCH, columns=[c for c in schema.names]):
-                    yield pa.RecordBatch.from_arrays([batch[c].cast(schema.field(c).type) for c in schema.names],
-                                                     schema=schema)
-        except (pa.ArrowInvalid, KeyError) as exc:
-            raise DamagedStoreError(f"{self.location.url(rel)} cannot be read as a {what} ({exc}); run vlcache "
-                                    f"cache verify {self.location.uri}") from None
+            opened = self.location.open_parquet(rel)
+        except FileNotFoundError:  # listed by the index: retired by a compaction meanwhile (`_reloading`), or lost
+            raise self.location.missing(rel) from None
+        with self.location.parsing(rel, f"a {what}"), opened as f:
+            threads = self.location.arrow_threads  # Location.open_parquet says why
+            for batch in self.location.parquet_file(f).iter_batches(SCAN_BATCH, columns=schema.names,
+                                                                    use_threads=threads):
+                yield pa.RecordBatch.from_arrays([batch[c].cast(schema.field(c).type) for c in schema.names],
+                                                 schema=schema)
 
 
 def _row_range(location: Location, rel: str) -> tuple[int, int] | None:
     """(smallest, largest) `row` of a Parquet file, from its footer's statistics (its rows when a
     writer left none)."""
-    try:
-        with location.fs.open(location.path(rel), "rb") as f:
-            meta = pq.ParquetFile(f).metadata
-            column = meta.schema.names.index("row")
-            stats = [meta.row_group(i).column(column).statistics for i in range(meta.num_row_groups)]
-            if stats and all(s is not None and s.has_min_max for s in stats):
-                return min(s.min for s in stats), max(s.max for s in stats)
-            rows = pq.read_table(f, columns=["row"])["row"]
-    except (pa.ArrowInvalid, ValueError) as exc:
-        raise DamagedStoreError(f"{location.url(rel)} cannot be read as a plan ({exc}); run vlcache cache verify "
-                                f"{location.uri}") from None
+    with location.parsing(rel, "a plan"), location.open_parquet(rel) as f:
+        parquet = location.parquet_file(f)
+        meta = parquet.metadata
+        column = meta.schema.names.index("row")
+        stats = [meta.row_group(i).column(column).statistics for i in range(meta.num_row_groups)]
+        if stats and all(s is not None and s.has_min_max for s in stats):
+            return min(s.min for s in stats), max(s.max for s in stats)
+        rows = parquet.read(columns=["row"], use_threads=location.arrow_threads)["row"]
     return (pc.min(rows).as_py(), pc.max(rows).as_py()) if len(rows) else None
 
 
@@ -299,6 +300,11 @@ def shard_ranges(shards: Iterable[int]) -> list[list[int]]:
         else:
             ranges.append([shard, shard])
     return ranges
+
+
+def _segment(rel: str, entry: dict) -> Segment:
+    """A segment as the index manifest lists it (a field of the wrong type raises: the caller names the file)."""
+    return Segment(rel, _expand(entry["shards"]), int(entry["rows"]))
 
 
 def _expand(ranges: list[list[int]]) -> frozenset[int]:

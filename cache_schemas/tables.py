@@ -39,7 +39,14 @@ ITEMS = pa.schema([
     pa.field("caption", HASH, nullable=False),
     pa.field("negative_captions", pa.list_(HASH), nullable=False),
     pa.field("negative_images", pa.list_(HASH), nullable=False),
+    # Since 1.4, where the source says: where the image came from, and the source's own id of the sample
+    # (img2dataset's url and key).
+    pa.field("url", pa.string()),
+    pa.field("key", pa.string()),
 ])
+# Optional columns added after a table's first version: left out of a dataset's fingerprint while they
+# hold nothing, so a dataset registered before they existed keeps its fingerprint.
+LATER_COLUMNS = {"items": ("url", "key")}
 # What the last extraction saw of each image file (size and modification time, or an object's ETag),
 # with what its probe found: a rerun trusts the hash of a file whose stamp is unchanged instead of
 # reading it again. A cache of the source, not part of the dataset's content or fingerprint.
@@ -81,6 +88,12 @@ TEXTS = pa.schema([TEXT_PART.field(n) for n in ("hash", "text", "n_tokens", "off
 
 def text_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def fingerprinted(name: str, table: pa.Table) -> pa.Table:
+    """The part of a conformed table a dataset's fingerprint covers (see LATER_COLUMNS)."""
+    empty = [c for c in LATER_COLUMNS.get(name, ()) if c in table.column_names and table[c].null_count == len(table)]
+    return table.drop_columns(empty)
 
 
 def conform(table: pa.Table, schema: pa.Schema, name: str) -> pa.Table:

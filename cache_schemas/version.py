@@ -9,8 +9,10 @@ from .errors import SchemaVersionError
 # (dimension_names) and describe themselves (attribute "description"), so xarray opens them.
 # 1.3: the index is segments listed by index/<kind>.json (1.2 readers find no index/<kind>.parquet
 # they can trust, or an older one, and read the commit records instead); a plan file covers
-# consecutive shards.
-SCHEMA_VERSION = "1.3"
+# consecutive shards. 1.4: items have optional url and key columns (where the source says).
+# 1.5: the arrays of spaces created since end each chunk's codecs with crc32c, checked as zarr decodes it
+# (any zarr v3 reader, a 1.4 vlcache included, decodes them); older spaces keep the codecs they had.
+SCHEMA_VERSION = "1.5"
 
 
 def parse_schema_version(value: object) -> tuple[int, int]:

@@ -4,10 +4,31 @@ export file (`importer.py`), so a shard commits the same way whatever computed i
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pyarrow as pa
 
 from cache_schemas import SpaceWriter, checksum
+from cache_schemas.errors import says_disk_full
+
+
+class _ShardFailureEchoes(logging.Filter):
+    """A shard that fails on a full disk is said in one line by the driver (`extract`). A worker's own
+    records of that run would say it again, on the driver's stderr where the worker runs in its process
+    (and on the terminal its processes share): the failed task (distributed's "Compute Failed", with the
+    traceback), and the shards still running when the driver, having cancelled them, closed the cluster
+    ("Async instruction ... ended with CancelledError"). Installed where workers import this module."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.msg)
+        if message.startswith("Compute Failed") and isinstance(record.args, tuple):
+            return not any(says_disk_full(str(arg)) for arg in record.args[3:4])  # (key, state, task, exception)
+        return not (message.startswith("Async instruction for") and message.endswith("CancelledError"))
+
+
+for _logger in ("distributed.worker", "distributed.worker.state_machine"):
+    logging.getLogger(_logger).addFilter(_ShardFailureEchoes())
 
 
 def commit_image_shard(space: SpaceWriter, shard: int, rows: pa.Table, arrays: dict[str, np.ndarray],

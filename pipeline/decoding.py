@@ -18,6 +18,7 @@ from functools import cache
 from typing import Any
 
 from .images import ImageError, decode, read_bytes
+from .readers.remote import NO_OPTIONS, SourceOptions
 
 
 def usable_cores() -> int:
@@ -41,17 +42,18 @@ Decode = Callable[[list[str], list[str]], list[Future]]
 MAX_IMAGES_PER_TASK = 8
 
 
-def thread_decoder(preprocess: Callable, size: int) -> Decode:
+def thread_decoder(preprocess: Callable, size: int, source_options: SourceOptions = NO_OPTIONS) -> Decode:
     """Decoding in the worker's own threads, one image a task; pixels come back as `preprocess` makes them."""
-    load_all = functools.partial(_load_all, preprocess, size)
+    load_all = functools.partial(_load_all, preprocess, size, source_options)
     return lambda uris, hashes: _submit(_thread_pool(), load_all, 1, uris, hashes)
 
 
 def process_decoder(key: Any, processes: int, preprocess: Callable, size: int,
-                    images_per_task: int | None = None) -> Decode:
+                    images_per_task: int | None = None, source_options: SourceOptions = NO_OPTIONS) -> Decode:
     """Decoding in `processes` processes, one pool per worker process and `key` (its space), kept
     across shards; `images_per_task` by default as _task_size says. `preprocess` must be picklable;
-    pixels come back as it makes them (a numpy array is cheapest to send), an error as its (stage, message)."""
+    pixels come back as it makes them (a numpy array is cheapest to send), an error as its (stage, message).
+    `source_options` go with each task (in memory, through the pool's pipe), so a pool serves any source."""
     with _PROCESS_POOLS_LOCK:  # a worker's threads share it
         if (key, processes) not in _PROCESS_POOLS:
             _close_process_pools()
@@ -60,7 +62,7 @@ def process_decoder(key: Any, processes: int, preprocess: Callable, size: int,
 
     def decode(uris: list[str], hashes: list[str]) -> list[Future]:
         per_task = images_per_task or _task_size(len(uris), processes)
-        return _submit(pool, _load_all_here, per_task, uris, hashes)
+        return _submit(pool, functools.partial(_load_all_here, source_options), per_task, uris, hashes)
     return decode
 
 
@@ -80,14 +82,16 @@ def _submit(pool, load_all: Callable, per_task: int, uris: list[str], hashes: li
     return [pool.submit(load_all, uris[i:i + per_task], hashes[i:i + per_task]) for i in range(0, len(uris), per_task)]
 
 
-def _load_all(preprocess: Callable, size: int, uris: list[str], hashes: list[str]) -> list:
-    return [load(preprocess, size, uri, expected) for uri, expected in zip(uris, hashes)]
+def _load_all(preprocess: Callable, size: int, source_options: SourceOptions, uris: list[str],
+              hashes: list[str]) -> list:
+    return [load(preprocess, size, uri, expected, source_options) for uri, expected in zip(uris, hashes)]
 
 
-def load(preprocess: Callable, size: int, uri: str, expected_hash: str) -> Any:
+def load(preprocess: Callable, size: int, uri: str, expected_hash: str,
+         source_options: SourceOptions = NO_OPTIONS) -> Any:
     """One image's pixels, or the ImageError that says why there are none."""
     try:
-        data = read_bytes(uri)
+        data = read_bytes(uri, source_options)
         if hashlib.sha256(data).hexdigest() != expected_hash:
             raise ImageError("read", "file changed since it was hashed; rerun extract to pick up the new content")
         image = decode(data, size)
@@ -134,6 +138,6 @@ def _start_decoding(preprocess: Callable, size: int) -> None:
     _PROCESS_LOAD.append(functools.partial(load, preprocess, size))
 
 
-def _load_all_here(uris: list[str], hashes: list[str]) -> list:
-    loaded = [_PROCESS_LOAD[0](uri, expected) for uri, expected in zip(uris, hashes)]
+def _load_all_here(source_options: SourceOptions, uris: list[str], hashes: list[str]) -> list:
+    loaded = [_PROCESS_LOAD[0](uri, expected, source_options) for uri, expected in zip(uris, hashes)]
     return [(x.stage, str(x)) if isinstance(x, ImageError) else x for x in loaded]

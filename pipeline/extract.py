@@ -9,7 +9,6 @@ uncommitted shard exactly once."""
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 import time
 from contextlib import nullcontext
@@ -33,13 +32,16 @@ from cache_schemas import (
     text_hash,
 )
 from cache_schemas import tables as schema
+from cache_schemas.errors import RESUME, disk_full_as_error
+from cache_schemas.store import check_dataset_name, writable_store
 
 from .cluster import ClusterConfig, Workers, start_workers
 from .encoders import EncoderRequest, describe, tokenizer_for
 from .encoders.base import pretrained_of
 from .images import Probe, file_of, probe_many, stamp_many
 from .plan import plan_new_content
-from .readers import RawDataset, ReaderOptions, read_source
+from .readers import RawDataset, ReaderOptions, SourceOptions, read_source
+from .readers.remote import absolute
 from .shards import ShardResult, ShardTask, run_shard
 
 PROBE_BATCH = 256
@@ -109,22 +111,30 @@ class Summary:
 def extract(source: str, fmt: str, dataset: str, encoder: EncoderRequest, store_uri: str, *,
             images_root: str | None = None, split: str | None = None, cluster: ClusterConfig = ClusterConfig(),
             options: ExtractOptions = ExtractOptions(), storage_options: dict | None = None,
-            workers: Workers | None = None, reader: ReaderOptions = ReaderOptions()) -> Summary:
+            workers: Workers | None = None, reader: ReaderOptions = ReaderOptions(),
+            source_options: dict | None = None) -> Summary:
     """`workers`: started workers to reuse (several extractions, one cluster start); `cluster` describes them.
-    `reader`: column names and separator of tabular sources."""
+    `reader`: column names and separator of tabular sources. `source_options`: fsspec options for the
+    filesystem a remote source and its images are on; they reach the workers as task arguments and are
+    written nowhere (the dataset records the source's URI only)."""
     started = time.perf_counter()
-    raw = read_source(source, fmt, images_root, split, reader)  # user mistakes surface before any cluster starts
+    sources = SourceOptions(source_options)
+    # User mistakes (and a source its filesystem refuses us) surface before any cluster starts.
+    check_dataset_name(dataset)
+    raw = read_source(source, fmt, images_root, split, reader, sources)
     spec = describe(encoder)
     cluster = cluster.for_device(gpu=_encodes_on_gpu(options.device))
     # The cluster starts before the store is touched: a cluster that cannot start writes nothing.
-    with nullcontext(workers) if workers else start_workers(cluster) as workers:
+    with nullcontext(workers) if workers else start_workers(cluster) as workers, \
+            disk_full_as_error(f"the store at {store_uri}", RESUME):
         losses_before = workers.lost, workers.reassigned  # workers may serve several extractions
-        store = open_store(store_uri, mode="a", storage_options=storage_options)
-        earlier = None if options.rehash else _earlier_stamps(store, dataset)
-        probes = _probe_images(workers, raw.image_uris(), earlier, options.progress)
+        found = writable_store(store_uri, storage_options)  # refused here if it cannot be; created only below
+        earlier = None if options.rehash or found is None else _earlier_stamps(found, dataset)
+        probes = _probe_images(workers, raw.image_uris(), earlier, options.progress, sources)
         _require_some_image(probes)
+        store = open_store(store_uri, mode="a", storage_options=storage_options)
         tables = dataset_tables(raw, probes)
-        registered = store.register_dataset(dataset, **tables, source={"uri": os.path.abspath(source), "format": fmt},
+        registered = store.register_dataset(dataset, **tables, source={"uri": absolute(source), "format": fmt},
                                             replace=options.replace, stamps=_stamps(probes))
         geometry = Geometry.for_shard_rows(options.rows_per_shard)
         with store.space_writer(spec, geometry, f"vlcache extract --dataset {dataset}", wait=options.wait,
@@ -133,7 +143,7 @@ def extract(source: str, fmt: str, dataset: str, encoder: EncoderRequest, store_
             interrupted = {k: set(space.pending_shards(k)) for k in ("images", "texts")}
             plan_new_content(space, registered, tokenizer_for(spec).count, retry_failed=options.retry_failed)
             # Workers get the weights as found here (a checkpoint's absolute path): their folder may not be ours.
-            results = _encode(workers, space, spec, cluster, options)
+            results = _encode(workers, space, spec, cluster, options, sources)
             for kind in ("images", "texts"):
                 space.committed_by_workers(kind, [r.shard for r in results if r.kind == kind])
             if results:
@@ -176,31 +186,34 @@ def _stamps(probes: dict[str, Probe]) -> pa.Table:
                      "width": [p.width for p in rows], "height": [p.height for p in rows]}, schema=schema.STAMPS)
 
 
-def _probe_images(workers: Workers, uris: list[str], earlier: pa.Table | None, progress: bool) -> dict[str, Probe]:
+def _probe_images(workers: Workers, uris: list[str], earlier: pa.Table | None, progress: bool,
+                  sources: SourceOptions) -> dict[str, Probe]:
     """Every image's hash and size: taken from `earlier` where its file's stamp is unchanged, read and
     hashed by the workers where not. Each file is looked at once (a tar shard or a table holds many
     images), before any image is read, so a file changed meanwhile is read again next time."""
     files = [file_of(uri) for uri in uris]
-    now = _stamp_files(workers, list(dict.fromkeys(files)))
+    now = _stamp_files(workers, list(dict.fromkeys(files)), sources)
     probes = _trusted(uris, files, now, earlier) if earlier is not None and earlier.num_rows else {}
     unread = [uri for uri in uris if uri not in probes]
     batches = [unread[i:i + PROBE_BATCH] for i in range(0, len(unread), PROBE_BATCH)]
     with tqdm(total=len(unread), desc="hashing images", unit="img", disable=not progress) as bar:
-        for future in workers.as_completed(workers.client.map(probe_many, batches, pure=False)):
+        for future in workers.as_completed(workers.client.map(probe_many, batches, pure=False,
+                                                              source_options=sources)):
             for found in future.result():
                 probes[found.uri] = dataclasses.replace(found, stamp=now[file_of(found.uri)])
                 bar.update()
     return probes
 
 
-def _stamp_files(workers: Workers, files: list[str]) -> dict[str, str | None]:
-    """Each file's stamp: here for a few (the tar shards or tables of a source), by the workers for many."""
+def _stamp_files(workers: Workers, files: list[str], sources: SourceOptions) -> dict[str, str | None]:
+    """Each file's stamp: here for a few (the tar shards or tables of a source), by the workers for many.
+    The first is always looked at here: a filesystem refusing us ends the run in one line, before any task."""
     if len(files) <= STAMP_BATCH:
-        return dict(zip(files, stamp_many(files)))
-    batches = [files[i:i + STAMP_BATCH] for i in range(0, len(files), STAMP_BATCH)]
-    futures = workers.client.map(stamp_many, batches, pure=False)
+        return dict(zip(files, stamp_many(files, sources)))
+    stamps = dict(zip(files[:1], stamp_many(files[:1], sources)))
+    batches = [files[i:i + STAMP_BATCH] for i in range(1, len(files), STAMP_BATCH)]
+    futures = workers.client.map(stamp_many, batches, pure=False, source_options=sources)
     batch_of = dict(zip(futures, batches))
-    stamps: dict[str, str | None] = {}
     for future in workers.as_completed(futures):
         stamps.update(zip(batch_of[future], future.result()))
     return stamps
@@ -246,6 +259,7 @@ def dataset_tables(raw: RawDataset, probes: dict[str, Probe]) -> dict[str, pa.Ta
             "caption": [text[it.caption] for it in items],
             "negative_captions": [[text[t] for t in it.negative_captions] for it in items],
             "negative_images": [[h for h in map(image.get, it.negative_images) if h is not None] for it in items],
+            "url": [it.url for it in items], "key": [it.key for it in items],
         }, schema=schema.ITEMS),
         "images": pa.table({
             "hash": list(unique), "uri": [p.uri for p in unique.values()], "width": [p.width for p in unique.values()],
@@ -267,13 +281,13 @@ def _present(space: SpaceWriter, kind: str, dataset: DatasetTables) -> int:
 
 
 def _encode(workers: Workers, space: SpaceWriter, spec: EmbeddingSpace, cluster: ClusterConfig,
-            options: ExtractOptions) -> list[ShardResult]:
+            options: ExtractOptions, sources: SourceOptions) -> list[ShardResult]:
     """Run every planned shard that has not committed; workers load weights and tokenizer from where
     `spec` (described here) found them."""
     plans = {kind: space.pending_work(kind) for kind in ("images", "texts")}
     tasks = [ShardTask(space.location, space.key, kind, shard, rows, pretrained_of(spec), spec.tokenizer_path,
                        options.device, options.batch_size, cluster.torch_threads(), options.decode_processes,
-                       cluster.cores_per_worker())
+                       cluster.cores_per_worker(), sources)
              for kind in ("images", "texts") for shard, rows in plans[kind]]
     results: list[ShardResult] = []
     total = sum(t.rows.num_rows for t in tasks)

@@ -2,7 +2,9 @@
 
 Bad images never stop a run: a missing or unreadable file, an undecodable or truncated one, or one
 over the pixel limit becomes an error record. Grayscale, palette, CMYK and 16-bit images are
-converted to RGB; transparent ones are composited on white; EXIF orientation is applied."""
+converted to RGB; transparent ones are composited on white; EXIF orientation is applied. A source's
+filesystem refusing us (no credentials, no server at the endpoint, access denied: an UnreachableError
+naming --source-options) is no image's fault: it ends the run in one line."""
 
 from __future__ import annotations
 
@@ -12,11 +14,13 @@ import os
 import warnings
 from dataclasses import dataclass
 
-import fsspec
 import numpy as np
 from PIL import Image, ImageOps
 
+from cache_schemas import VlcacheError
+
 from .readers import embedded
+from .readers.remote import NO_OPTIONS, SourceOptions
 
 MAX_PIXELS = 200_000_000  # ~14k x 14k; beyond this a decode costs gigabytes of RAM
 # Part of each space's preprocessing spec: changing it changes the pixels an encoder sees.
@@ -41,22 +45,23 @@ class Probe:
     trusted: bool = False  # taken from an earlier probe of the same unchanged file, not read again
 
 
-def read_bytes(uri: str) -> bytes:
+def read_bytes(uri: str, source_options: SourceOptions = NO_OPTIONS) -> bytes:
     """An image's bytes: a local path, an fsspec URL (tar://member::shard.tar included), or a table://
-    URI naming bytes stored inside a Parquet or Arrow file."""
+    URI naming bytes stored inside a Parquet or Arrow file; a remote one read with `source_options`."""
     try:
         if uri.startswith(embedded.SCHEME):
-            return embedded.read_table_cell(uri)
-        with fsspec.open(uri, "rb") as f:
-            return f.read()
+            return embedded.read_table_cell(uri, source_options)
+        return source_options.read(uri)
+    except VlcacheError:
+        raise  # the filesystem refused us, or lacks its package: no image of it reads
     except (OSError, ValueError, KeyError, IndexError) as exc:
         raise ImageError("read", f"{type(exc).__name__}: {getattr(exc, 'strerror', None) or exc}") from None
 
 
-def probe(uri: str) -> Probe:
+def probe(uri: str, source_options: SourceOptions = NO_OPTIONS) -> Probe:
     """Hash an image's bytes and read its size from the header, without decoding the pixels."""
     try:
-        data = read_bytes(uri)
+        data = read_bytes(uri, source_options)
         digest = hashlib.sha256(data).hexdigest()
         with _open(data) as image:
             width, height = image.size
@@ -65,14 +70,14 @@ def probe(uri: str) -> Probe:
         return Probe(uri, stage=exc.stage, message=str(exc))
 
 
-def probe_many(uris: list[str]) -> list[Probe]:
+def probe_many(uris: list[str], source_options: SourceOptions = NO_OPTIONS) -> list[Probe]:
     """One Dask task's worth of probes; lives here so workers need not import torch to run it."""
-    return [probe(uri) for uri in uris]
+    return [probe(uri, source_options) for uri in uris]
 
 
-def stamp_many(paths: list[str]) -> list[str | None]:
+def stamp_many(paths: list[str], source_options: SourceOptions = NO_OPTIONS) -> list[str | None]:
     """One Dask task's worth of `stamp`s."""
-    return [stamp(path) for path in paths]
+    return [stamp(path, source_options) for path in paths]
 
 
 def file_of(uri: str) -> str:
@@ -84,15 +89,16 @@ def file_of(uri: str) -> str:
     return uri
 
 
-def stamp(path: str) -> str | None:
+def stamp(path: str, source_options: SourceOptions = NO_OPTIONS) -> str | None:
     """Size and modification time of a local file, or size and ETag (else modification time) of an
     object: what says it is unchanged. None where it cannot be looked at (the probe then reads it)."""
     try:
         if "://" not in path:
-            info = os.stat(path)
-            return f"{info.st_size}:{info.st_mtime_ns}"
-        fs, inner = fsspec.core.url_to_fs(path)
-        info = fs.info(inner)
+            local = os.stat(path)
+            return f"{local.st_size}:{local.st_mtime_ns}"
+        info = source_options.info(path)
+    except VlcacheError:
+        raise
     except (OSError, ValueError):
         return None
     changed = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified")

@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from cache_schemas import InvalidSpecError, SpaceWriter, StoreNotFoundError, open_store
+from cache_schemas.errors import RESUME, disk_full_as_error
 from cache_schemas.exchange import FORMAT, ExportFile
 from cache_schemas.layout import KINDS, Kind
 from cache_schemas.lease import WAIT
@@ -60,17 +61,8 @@ def import_hdf5(path: str, store_uri: str, dataset: str | None = None, *, replac
         present = _committed(store_uri, storage_options, export)
         for kind in KINDS:  # every row that may be written, before anything is
             export.check_values(kind, export.index(kind, sorted(set(export.hashes[kind]) - present[kind])))
-        store = open_store(store_uri, mode="a", storage_options=storage_options)
-        store.register_dataset(name, **export.tables, source=_source(path, export), replace=replace)
-        with store.space_writer(export.spec, export.geometry, f"vlcache cache import --dataset {name}",
-                                wait=wait, on_wait=on_wait) as space:
-            # retry_failed: content the space failed to encode is lacking, and the file has its numbers
-            plan_new_content(space, export.content(), export.count_tokens, retry_failed=True)
-            written, left = _write_pending(space, export)
-            for kind in KINDS:
-                space.committed_by_workers(kind, list(written[kind]))
-            if sum(len(shards) for shards in written.values()):
-                space.compact()  # as extract does: the next reader opens segments, not parts
+        with disk_full_as_error(f"the store at {store_uri}", RESUME):
+            written, left = _import(export, name, store_uri, storage_options, replace, wait, on_wait)
     return ImportSummary(
         dataset=name, space=export.spec.key, store=store_uri,
         in_file={kind: len(export.hashes[kind]) for kind in KINDS},
@@ -78,6 +70,23 @@ def import_hdf5(path: str, store_uri: str, dataset: str | None = None, *, replac
         written={kind: sum(written[kind].values()) for kind in KINDS},
         shards=sum(len(shards) for shards in written.values()), left=left,
     )
+
+
+def _import(export: ExportFile, name: str, store_uri: str, storage_options: dict | None, replace: bool, wait: float,
+            on_wait: Callable[[str], None] | None) -> tuple[dict[Kind, dict[int, int]], int]:
+    """Register the dataset, then write the shards the space lacks (`_write_pending`'s return)."""
+    store = open_store(store_uri, mode="a", storage_options=storage_options)
+    store.register_dataset(name, **export.tables, source=_source(export), replace=replace)
+    with store.space_writer(export.spec, export.geometry, f"vlcache cache import --dataset {name}",
+                            wait=wait, on_wait=on_wait) as space:
+        # retry_failed: content the space failed to encode is lacking, and the file has its numbers
+        plan_new_content(space, export.content(), export.count_tokens, retry_failed=True)
+        written, left = _write_pending(space, export)
+        for kind in KINDS:
+            space.committed_by_workers(kind, list(written[kind]))
+        if sum(len(shards) for shards in written.values()):
+            space.compact()  # as extract does: the next reader opens segments, not parts
+    return written, left
 
 
 def _committed(store_uri: str, storage_options: dict | None, export: ExportFile) -> dict[Kind, set[str]]:
@@ -93,8 +102,8 @@ def _committed(store_uri: str, storage_options: dict | None, export: ExportFile)
     return {kind: set(space.lookup(kind, export.hashes[kind])["hash"].to_pylist()) for kind in KINDS}
 
 
-def _source(path: str, export: ExportFile) -> dict[str, Any]:
-    return {"uri": os.path.abspath(path), "format": FORMAT, "exported_from": export.source}
+def _source(export: ExportFile) -> dict[str, Any]:
+    return {"uri": os.path.abspath(export.path), "format": FORMAT, "exported_from": export.source}
 
 
 def _write_pending(space: SpaceWriter, export: ExportFile) -> tuple[dict[Kind, dict[int, int]], int]:

@@ -27,6 +27,7 @@ from .commit import commit_image_shard, commit_text_shard
 from .decoding import Decode, close_process_pools, process_decoder, thread_decoder, usable_cores
 from .encoders import Encoder, load_encoder
 from .images import ImageError
+from .readers.remote import NO_OPTIONS, SourceOptions
 
 _ENCODERS: dict[tuple, Encoder] = {}
 _ENCODERS_LOCK = threading.Lock()
@@ -46,6 +47,7 @@ class ShardTask:
     torch_threads: int | None = None
     decode_processes: int | None = None  # 0: decode in threads of the worker; None: see _decode_processes
     worker_cores: int | None = None  # the cores of this machine the worker may use; None: as many as it has
+    source_options: SourceOptions = NO_OPTIONS  # the images' filesystem's (--source-options): in memory only
 
 
 class Stages(dict):
@@ -132,7 +134,7 @@ def _encode_images(space: SpaceWriter, encoder: Encoder, task: ShardTask, stages
     rows, n = task.rows, task.rows.num_rows
     out = {name: np.zeros((n, *space.layouts[name].row_shape), space.spec.dtype) for name in space.arrays("images")}
     errors: list[str | None] = [None] * n
-    decoder = _decoder(encoder, _decode_processes(task, encoder.device.type))
+    decoder = _decoder(encoder, _decode_processes(task, encoder.device.type), task.source_options)
     for index, loaded in _prefetched(decoder, rows, task.batch_size, stages):
         for i, x in zip(index, loaded):
             if isinstance(x, ImageError):
@@ -159,13 +161,13 @@ def _decode_processes(task: ShardTask, device_type: str) -> int:
     return max(2, (task.worker_cores or usable_cores()) - 2)
 
 
-def _decoder(encoder: Encoder, processes: int) -> Decode:
+def _decoder(encoder: Encoder, processes: int, source_options: SourceOptions = NO_OPTIONS) -> Decode:
     """Threads of this worker by default (PIL releases the interpreter lock while it decodes and
     resizes); processes when asked and the encoder can build its image steps without its model."""
     steps = type(encoder).image_transform(encoder.space) if processes else None
     if steps is None:
-        return thread_decoder(encoder.preprocess, encoder.image_size)
-    return process_decoder(encoder.space.key, processes, steps, encoder.image_size)
+        return thread_decoder(encoder.preprocess, encoder.image_size, source_options)
+    return process_decoder(encoder.space.key, processes, steps, encoder.image_size, source_options=source_options)
 
 
 def _prefetched(decode: Decode, rows: pa.Table, batch_size: int, stages: Stages

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 import dask
+import dask.utils
 
 from cache_schemas import VlcacheError
 
@@ -52,10 +53,14 @@ def check_settings() -> None:
         raise VlcacheError("--slurm-jobs needs SLURM's sbatch on this machine's PATH; run where jobs can be "
                            "submitted, or use --scheduler-address or local --workers")
     settings = dask.config.get(SETTINGS, {}) or {}
+    if not isinstance(settings, dict):
+        raise VlcacheError(f"{SETTINGS} must be a mapping of settings (cores, memory, ...), not "
+                           f"{type(settings).__name__}, in {WHERE}")
     missing = [key for key in ("cores", "memory") if settings.get(key) is None]
     if missing:
         raise VlcacheError(f"--slurm-jobs needs {' and '.join(f'{SETTINGS}.{k}' for k in missing)} (what one job "
                            f"books) in {WHERE}")
+    _check_sizes(settings)
     interface = settings.get("interface")
     if interface is not None:
         import psutil
@@ -67,6 +72,23 @@ def check_settings() -> None:
                                "nodes share with it")
 
 
+def _check_sizes(settings: dict) -> None:
+    """cores, processes and memory as dask-jobqueue divides them (a zero there is a ZeroDivisionError)."""
+    cores, processes = settings["cores"], settings.get("processes")
+    if isinstance(cores, bool) or not isinstance(cores, int) or cores < 1:
+        raise VlcacheError(f"{SETTINGS}.cores must be a whole number of cores, at least 1, got {cores!r}, in {WHERE}")
+    if processes is not None and (isinstance(processes, bool) or not isinstance(processes, int)
+                                  or not 1 <= processes <= cores):
+        raise VlcacheError(f"{SETTINGS}.processes must be a whole number from 1 to cores ({cores}), got "
+                           f"{processes!r}, in {WHERE}")
+    try:
+        memory = dask.utils.parse_bytes(settings["memory"])
+    except (ValueError, TypeError):
+        memory = 0
+    if memory <= 0:
+        raise VlcacheError(f"{SETTINGS}.memory must be a size such as '16GB', got {settings['memory']!r}, in {WHERE}")
+
+
 def start_scheduler():
     """dask-jobqueue's SLURMCluster with no jobs of its own: the scheduler on the interface the settings
     name, and the job script they describe. Its dashboard takes a free port unless the settings fix one."""
@@ -75,7 +97,7 @@ def start_scheduler():
     options = {"dashboard_address": ":0", **(dask.config.get(f"{SETTINGS}.scheduler-options", {}) or {})}
     try:
         return SLURMCluster(scheduler_options=options)
-    except (ValueError, TypeError, OSError) as exc:
+    except (ValueError, TypeError, KeyError, ArithmeticError, OSError) as exc:  # whatever a setting raises
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise VlcacheError(f"dask-jobqueue refused the {SETTINGS} settings ({first}); fix them in {WHERE}") from None
 

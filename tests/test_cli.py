@@ -160,3 +160,25 @@ def test_version_names_the_package_and_the_store_schema(capsys):
 
     assert main(["--version"]) == 0
     assert capsys.readouterr().out == f"vlcache {version('vlcache')} (store schema {SCHEMA_VERSION})\n"
+
+
+def _commands(group, path=("vlcache",)):
+    import click
+
+    for name, command in group.commands.items():
+        yield (*path, name), command
+        if isinstance(command, click.Group):
+            yield from _commands(command, (*path, name))
+
+
+def test_every_option_of_every_command_has_a_help_line(capsys):
+    import click
+
+    from workflows.cli import cli
+
+    blank = [f"{' '.join(path)} {'/'.join(p.opts)}" for path, command in _commands(cli) for p in command.params
+             if isinstance(p, click.Option) and not (p.help or "").strip()]
+    assert not blank, blank
+    for path, _ in _commands(cli):  # and every --help renders, with the command's own summary
+        assert main([*path[1:], "--help"]) == 0
+        assert capsys.readouterr().out.startswith(f"Usage: {' '.join(path)} ")

@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 
+import faiss
 import h5py
 import numpy as np
 import pyarrow as pa
@@ -12,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from cache_schemas import SCHEMA_VERSION, open_store, tables, verify
+from cache_schemas.exchange import ExportFile
 from cache_schemas.h5table import read_table, write_table
 from pipeline import importer
 from pipeline.importer import import_hdf5
@@ -139,30 +141,190 @@ def test_the_file_has_the_documented_layout_in_plain_h5py(small_store, exported)
         pa.compute.equal(store.dataset("sc").texts["hash"], captions[0]))["text"][0].as_py()
 
 
-def test_clip_retrieval_rows_line_up_with_the_items(small_store, tmp_path, capfd):
-    out = tmp_path / "clip"
-    assert main(["cache", "export", str(small_store), "--dataset", "sc", "--space", "vlcache-tiny",
-                 "--format", "clip-retrieval", str(out)]) == 0
-    assert "28 items" in capfd.readouterr().out
-    image_emb = np.load(out / "img_emb" / "img_emb_0.npy")
-    text_emb = np.load(out / "text_emb" / "text_emb_0.npy")
-    metadata = pq.read_table(out / "metadata" / "metadata_0.parquet")
+def _clip_export(small_store, out, *args):
+    return main(["cache", "export", str(small_store), "--dataset", "sc", "--format", "clip-retrieval", str(out), *args])
+
+
+def _collection(root, sub):
+    """A collection's embeddings and metadata, partitions in name order, as autofaiss and clip back read them."""
+    parts, metadata = sorted((root / sub).glob("*.npy")), sorted((root / "metadata").glob("*.parquet"))
+    assert [p.stem.rsplit("_", 1)[1] for p in parts] == [m.stem.rsplit("_", 1)[1] for m in metadata]
+    return np.concatenate([np.load(p) for p in parts]), pa.concat_tables([pq.read_table(m) for m in metadata])
+
+
+@pytest.fixture(scope="module")
+def clip_export(small_store, tmp_path_factory):
+    out = tmp_path_factory.mktemp("clip") / "clip"
+    assert _clip_export(small_store, out, "--space", "vlcache-tiny") == 0
+    return out
+
+
+def test_clip_retrieval_has_a_row_per_unique_image_and_caption_beside_its_metadata(small_store, clip_export):
     store = open_store(str(small_store))
     data, space = store.dataset("sc"), store.space("vlcache-tiny")
-    items = data.items
-    assert len(image_emb) == len(text_emb) == metadata.num_rows == items.num_rows
+    items = {row["item_id"]: row for row in data.items.to_pylist()}
+    images = {row["image"] for row in items.values()}
+    captions = {row["caption"] for row in items.values()}
+    assert len(items) > len(images), "items share images: the export must not repeat them"
+    assert sorted(os.listdir(clip_export)) == ["images", "texts"]
+    assert (clip_export / "images/img_emb/img_emb_0.npy").is_file()
+    assert (clip_export / "texts/text_emb/text_emb_0.npy").is_file()
+    image_emb, image_meta = _collection(clip_export / "images", "img_emb")
+    text_emb, text_meta = _collection(clip_export / "texts", "text_emb")
+    assert image_meta["image_hash"].to_pylist() == sorted(images, key=lambda h: space.rows("images", [h])[0])
+    assert text_meta.num_rows == len(set(text_meta["caption_hash"].to_pylist())) == len(captions)
+    assert set(text_meta["caption_hash"].to_pylist()) == captions
     assert image_emb.dtype == text_emb.dtype == np.dtype(space.spec.dtype)
-    assert metadata["item_id"].to_pylist() == items["item_id"].to_pylist()
-    image_rows = space.rows("images", items["image"].to_pylist())
-    text_rows = space.rows("texts", items["caption"].to_pylist())
-    np.testing.assert_array_equal(image_emb, space.read("image_global", image_rows))
-    np.testing.assert_array_equal(text_emb, space.read("text_global", text_rows))
+    np.testing.assert_array_equal(image_emb, space.read("image_global", space.rows(
+        "images", image_meta["image_hash"].to_pylist())))
+    np.testing.assert_array_equal(text_emb, space.read("text_global", space.rows(
+        "texts", text_meta["caption_hash"].to_pylist())))
     text_of = dict(zip(data.texts["hash"].to_pylist(), data.texts["text"].to_pylist()))
     uri_of = dict(zip(data.images["hash"].to_pylist(), data.images["uri"].to_pylist()))
-    assert metadata["caption"].to_pylist() == [text_of[h] for h in items["caption"].to_pylist()]
-    assert metadata["image_path"].to_pylist() == [uri_of[h] for h in items["image"].to_pylist()]
-    assert metadata["subset"].to_pylist() == items["subset"].to_pylist()
-    assert metadata["split"].to_pylist() == items["split"].to_pylist()
+    for row in image_meta.to_pylist():  # an image's caption is its first item's
+        assert {items[i]["image"] for i in row["item_ids"]} == {row["image_hash"]}
+        assert row["image_path"] == uri_of[row["image_hash"]] and os.path.isfile(row["image_path"])
+        assert row["caption"] == text_of[items[row["item_ids"][0]]["caption"]]
+    for row in text_meta.to_pylist():  # a caption's image is its first item's
+        assert {items[i]["caption"] for i in row["item_ids"]} == {row["caption_hash"]}
+        assert row["caption"] == text_of[row["caption_hash"]]
+        assert row["image_path"] == uri_of[items[row["item_ids"][0]]["image"]]
+    assert sorted(i for ids in image_meta["item_ids"].to_pylist() for i in ids) == sorted(items)
+    assert "url" not in image_meta.column_names and "key" not in text_meta.column_names  # SugarCrepe has neither
+
+
+def test_faiss_indexes_built_from_the_exported_folders_find_each_row_and_its_metadata(small_store, clip_export):
+    """What autofaiss does with a folder of .npy partitions, with faiss itself (autofaiss pins numpy<2)."""
+    space = open_store(str(small_store)).space("vlcache-tiny")
+    for folder, sub, hashes, kind in (("images", "img_emb", "image_hash", "images"),
+                                      ("texts", "text_emb", "caption_hash", "texts")):
+        embeddings = np.concatenate([np.load(p) for p in sorted((clip_export / folder / sub).glob("*.npy"))])
+        metadata = pq.ParquetDataset(clip_export / folder / "metadata").read()
+        index = faiss.IndexFlatIP(embeddings.shape[1])
+        index.add(embeddings.astype(np.float32))
+        _, found = index.search(embeddings.astype(np.float32), 1)
+        assert (found[:, 0] == np.arange(len(embeddings))).all(), folder
+        named = metadata[hashes].take(pa.array(found[:, 0])).to_pylist()
+        np.testing.assert_array_equal(space.read(f"{kind[:-1]}_global", space.rows(kind, named)), embeddings)
+
+
+def test_clip_retrieval_partitions_of_one_row_give_the_same_collections(small_store, clip_export, tmp_path,
+                                                                        monkeypatch):
+    from cache_schemas import exchange
+
+    monkeypatch.setattr(exchange, "BLOCK_BYTES", 1)
+    out = tmp_path / "parts"
+    summary = exchange.export_clip_retrieval(open_store(str(small_store)), "sc", None, str(out))
+    n_texts = summary.rows["texts"]
+    assert n_texts >= 10 and sorted(os.listdir(out / "texts/text_emb"))[:2] == ["text_emb_00.npy", "text_emb_01.npy"]
+    for folder, sub in (("images", "img_emb"), ("texts", "text_emb")):
+        assert len(os.listdir(out / folder / sub)) == summary.rows[folder]
+        whole, parts = _collection(clip_export / folder, sub), _collection(out / folder, sub)
+        np.testing.assert_array_equal(whole[0], parts[0])
+        assert whole[1].equals(parts[1])
+
+
+def test_clip_retrieval_keeps_url_and_key_where_the_items_have_them(small_store, tmp_path):
+    if "url" not in tables.ITEMS.names:
+        pytest.skip("the items table has no url/key columns yet (cache_schemas/tables.py)")
+    store = tmp_path / "store"
+    shutil.copytree(small_store, store)
+    opened = open_store(str(store), mode="a")
+    sc = opened.dataset("sc")
+    n = sc.items.num_rows
+    urls = [f"https://example.com/{i}.jpg" if i % 2 else None for i in range(n)]
+    items = sc.items.drop_columns([c for c in ("url", "key") if c in sc.items.column_names])
+    items = items.append_column("url", pa.array(urls, pa.string())).append_column(
+        "key", pa.array([f"{i:09d}" for i in range(n)], pa.string()))
+    opened.register_dataset("web", items, sc.images, sc.texts, sc.errors, {"format": "test"})
+    out = tmp_path / "clip"
+    assert main(["cache", "export", str(store), "--dataset", "web", "--format", "clip-retrieval", str(out)]) == 0
+    by_id = {row["item_id"]: (url, f"{i:09d}") for i, (row, url) in enumerate(zip(items.to_pylist(), urls))}
+    for folder, sub in (("images", "img_emb"), ("texts", "text_emb")):
+        metadata = _collection(out / folder, sub)[1].to_pylist()
+        assert [(row["url"], row["key"]) for row in metadata] == [by_id[row["item_ids"][0]] for row in metadata]
+
+
+def _state(path):
+    """What an output is: a file's bytes, or a folder's files with sizes and times."""
+    return path.read_bytes() if path.is_file() else _files(path)
+
+
+@pytest.mark.parametrize("fmt", ["hdf5", "clip-retrieval"])
+@pytest.mark.parametrize("existing", ["file", "folder"])
+def test_an_existing_output_is_refused_without_force_and_replaced_whole_with_it(
+        fmt, existing, small_store, tmp_path, capfd):
+    out = tmp_path / "out"
+    if existing == "file":
+        out.write_bytes(b"someone's file")
+    else:
+        (out / "img_emb").mkdir(parents=True)
+        (out / "img_emb" / "stale.npy").write_bytes(b"not ours")
+    before = _state(out)
+    args = ["cache", "export", str(small_store), "--dataset", "sc", "--format", fmt, str(out)]
+    assert main(args) == 2
+    err = capfd.readouterr().err
+    assert err == f"error: {out} already exists; pass --force to replace it\n", err
+    assert _state(out) == before
+    assert main([*args, "--force"]) == 0
+    if fmt == "hdf5":
+        with ExportFile.open(str(out)) as f:
+            assert f.dataset == "sc"
+    else:
+        assert sorted(os.listdir(out)) == ["images", "texts"]
+    assert os.listdir(tmp_path) == ["out"], "no .partial or .old left beside it"
+
+
+@pytest.mark.parametrize("fmt", ["hdf5", "clip-retrieval"])
+def test_an_export_onto_its_own_store_a_folder_holding_it_or_a_url_is_refused(fmt, small_store, tmp_path,
+                                                                               monkeypatch, capfd):
+    monkeypatch.chdir(tmp_path)
+    before = _files(small_store)
+    for out, says in ((small_store, "is or holds the store"), (small_store.parent, "is or holds the store"),
+                      ("s3://bucket/export", "is a URL; an export is written to a local path")):
+        assert main(["cache", "export", str(small_store), "--dataset", "sc", "--format", fmt, str(out), "--force"]) == 2
+        err = capfd.readouterr().err
+        assert err.count("\n") == 1 and says in err, err
+    assert _files(small_store) == before and os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("fmt", ["hdf5", "clip-retrieval"])
+def test_an_export_that_fails_midway_leaves_the_old_one_as_it_was(fmt, small_store, tmp_path, monkeypatch, capfd):
+    from cache_schemas import exchange
+    from cache_schemas.embeddings import SpaceEmbeddings
+
+    out = tmp_path / "out"
+    args = ["cache", "export", str(small_store), "--dataset", "sc", "--format", fmt, str(out), "--force"]
+    assert main(args) == 0
+    before = _state(out)
+    assert main([*args, "--space", "ViT-B-99"]) == 2 and "no space 'ViT-B-99'" in capfd.readouterr().err
+    reads, real_read = [], SpaceEmbeddings.read
+
+    def read_then_fail(self, name, rows):  # the store goes away after a few blocks are written
+        if len(reads) == 3:
+            raise OSError("connection lost")
+        reads.append(name)
+        return real_read(self, name, rows)
+
+    monkeypatch.setattr(exchange, "BLOCK_BYTES", 1)
+    monkeypatch.setattr(SpaceEmbeddings, "read", read_then_fail)
+    write = exchange.export_hdf5 if fmt == "hdf5" else exchange.export_clip_retrieval
+    with pytest.raises(OSError, match="connection lost"):
+        write(open_store(str(small_store)), "sc", None, str(out), force=True)
+    assert _state(out) == before and os.listdir(tmp_path) == ["out"]
+
+
+def test_what_a_killed_export_left_is_cleared_or_put_back(small_store, clip_export, tmp_path, capfd):
+    out = tmp_path / "clip"
+    (tmp_path / ".clip.partial" / "img_emb").mkdir(parents=True)  # killed while writing
+    (tmp_path / ".clip.partial" / "img_emb" / "img_emb_0.npy").write_bytes(b"half")
+    assert _clip_export(small_store, out) == 0
+    assert os.listdir(tmp_path) == ["clip"]
+    assert len(_collection(out / "images", "img_emb")[0]) == 11
+    os.rename(out, tmp_path / ".clip.old")  # killed between a folder swap's renames: the old export is put back
+    before = _files(tmp_path / ".clip.old")
+    assert _clip_export(small_store, out) == 2 and "already exists" in capfd.readouterr().err
+    assert os.listdir(tmp_path) == ["clip"] and _files(out) == before
 
 
 def test_importing_content_the_store_holds_writes_nothing(small_store, exported, tmp_path):

@@ -3,6 +3,7 @@ the item's image), on a real tiny store and real tiny training runs."""
 
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -107,6 +108,25 @@ def test_plot_of_a_report_writes_accuracy_bars(world, tmp_path, capfd):
         _png(tmp_path / "accuracy.png")
 
 
+def test_report_bars_leave_room_for_labels_at_100_and_keep_the_legend_off_the_bars(world):
+    from workflows import plots
+
+    root, _ = world
+    report = json.loads((root / "report" / "report.json").read_text())
+    report["caption_accuracy"]["by_subset"] = {s: 1.0 for s in report["caption_accuracy"]["by_subset"]}  # all 100%
+    fig = plots.report_figure(report)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    (ax,) = fig.axes
+    frame = ax.get_window_extent(renderer)
+    labels = [t for t in ax.texts if t.get_text() == "100"]
+    assert len(labels) == len(report["caption_accuracy"]["by_subset"])
+    assert all(t.get_window_extent(renderer).y1 < frame.y1 for t in labels)  # below the frame's top
+    legend = ax.get_legend().get_window_extent(renderer)
+    assert legend.x0 >= frame.x1 and legend.x1 <= fig.bbox.x1  # beside the bars, inside the picture
+    plots.plt.close(fig)
+
+
 def _texts(space):
     texts = space.texts()
     return dict(zip(texts["text"].to_pylist(), texts["n_tokens"].to_pylist()))
@@ -143,7 +163,7 @@ def test_align_with_untrained_maxsim_needs_no_run(world, tmp_path, capfd):
     item = open_store(root / "store").dataset("sc").items["item_id"][0].as_py()
     capfd.readouterr()
     assert main(["align", "--store", str(root / "store"), "--dataset", "sc", "--item", item, "--head", "maxsim",
-                 "--out", str(tmp_path), "--device", "cpu", "--per-panel", "--segments"]) == 0  # no segments: tokens
+                 "--out", str(tmp_path), "--device", "cpu", "--per-panel"]) == 0
     (line,) = capfd.readouterr().out.strip().splitlines()
     png = tmp_path / f"{item.replace('/', '_')}.png"  # item ids such as add_att/0 name files add_att_0.png
     assert line.startswith(str(png)) and "negative" not in line
@@ -241,3 +261,26 @@ def test_bad_input_is_one_line_and_exit_2(case, expected, world, tmp_path, capfd
     err = capfd.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: ") and expected in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_align_segments_draws_a_panel_per_segment_and_refuses_a_dataset_without_them(world, small_sugarcrepe,
+                                                                                      tmp_path, capfd):
+    root, _ = world
+    _, images = small_sugarcrepe
+    image = sorted(os.listdir(images))[0]
+    (tmp_path / "seg.jsonl").write_text(json.dumps({
+        "image": image, "caption": "a red cube left of a blue ball",
+        "negative_caption": "a blue cube left of a red ball",
+        "caption_segments": ["a red cube", "a blue ball"]}) + "\n")
+    run_extract(tmp_path / "seg.jsonl", "jsonl", "seg", tmp_path / "store", images_root=images)
+    common = ["align", "--head", "maxsim", "--device", "cpu", "--segments"]
+    capfd.readouterr()
+    assert main([*common, "--store", str(tmp_path / "store"), "--dataset", "seg", "--item", "0",
+                 "--out", str(tmp_path / "seg")]) == 0
+    assert "(panels: caption 2;" in capfd.readouterr().out  # "a red cube", "a blue ball"
+    item = open_store(root / "store").dataset("sc").items["item_id"][0].as_py()
+    assert main([*common, "--store", str(root / "store"), "--dataset", "sc", "--item", item,
+                 "--out", str(tmp_path / "sc")]) == 2
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1 and "--segments: dataset sc names no caption segments" in err, err
+    assert not (tmp_path / "sc").exists()

@@ -119,3 +119,12 @@ def test_eval_and_diagnose_show_progress_unless_quiet(small_sugarcrepe, tmp_path
     assert "encoding crops" in err and "scoring" in err, err
     assert main(["diagnose", *common, "--regions", "crops", "--out", str(tmp_path / "d2"), "--quiet"]) == 0
     assert capfd.readouterr().err == ""
+
+
+def test_a_location_never_shows_its_options():
+    """A Location travels in Dask tasks, and a failed task's log prints its arguments."""
+    from cache_schemas.location import Location
+
+    location = Location("s3://bucket/store", {"key": "AKIA-visible", "secret": "s3cr3t-value"})
+    assert "s3cr3t-value" not in repr(location) and "AKIA-visible" not in repr(location)
+    assert "s3://bucket/store" in repr(location)

@@ -9,6 +9,7 @@ import pytest
 from distributed import LocalCluster
 
 from cache_schemas import (
+    SCHEMA_VERSION,
     DatasetConflictError,
     StoreNotFoundError,
     UnknownDatasetError,
@@ -158,7 +159,7 @@ def test_the_index_gives_the_same_rows_as_the_parts_and_follows_collection(tmp_p
 
 def test_a_schema_1_2_index_is_read_then_taken_over_by_compact(tmp_path, small_sugarcrepe):
     """A 1.2 store's index is one file per kind, its shards in the footer: read as one segment, and
-    listed by the manifest the next compaction writes (the store then says 1.3)."""
+    listed by the manifest the next compaction writes (the store then says this vlcache's version)."""
     import pyarrow.parquet as pq
 
     annotations, images = small_sugarcrepe
@@ -182,7 +183,7 @@ def test_a_schema_1_2_index_is_read_then_taken_over_by_compact(tmp_path, small_s
         assert space.view(kind).sort_by("row").equals(table)
     assert main(["cache", "compact", str(path)]) == 0
     assert json.loads((index / "images.json").read_text())["segments"][0]["file"] == "images.parquet"
-    assert json.loads((path / "vlcache.json").read_text())["schema_version"] == "1.3"
+    assert json.loads((path / "vlcache.json").read_text())["schema_version"] == SCHEMA_VERSION
     for kind, table in before.items():
         assert open_store(path).space(key).view(kind).sort_by("row").equals(table)
     assert verify(open_store(path)).ok
@@ -219,3 +220,33 @@ def test_a_reader_whose_index_segment_a_compaction_retired_reads_the_new_manifes
         hashes.append(open_store(store).dataset(f"d{i}").images["hash"][0].as_py())
     assert not (store / "spaces" / reader.key / "index" / "images-000001.parquet").exists()
     assert (reader.rows("images", hashes[:1]) >= 0).all()
+
+
+def test_a_flipped_byte_that_zstd_still_decodes_is_caught_at_the_read(small_store, tmp_path):
+    """Since schema 1.5 each chunk ends with its crc32c: a byte flipped where zstd alone decodes the chunk to
+    other numbers (finite, non-zero: the read check passes them) is a damaged-store error at the read."""
+    import numcodecs
+
+    from cache_schemas.errors import DamagedStoreError
+
+    path = tmp_path / "store"
+    shutil.copytree(small_store, path)
+    array = open_store(path).space("vlcache-tiny").array("image_patches")
+    assert [c.to_dict()["name"] for c in array.metadata.codecs[0].codecs] == ["bytes", "zstd", "crc32c"]
+    shard = next((path / "spaces").iterdir()) / "embeddings.zarr" / "image_patches" / "c" / "0" / "0" / "0"
+    blob = shard.read_bytes()
+    offset, nbytes = (int(v) for v in np.frombuffer(blob[-20:-4], "<u8"))  # the index: one chunk a shard here
+    payload, zstd = blob[offset:offset + nbytes - 4], numcodecs.Zstd()  # the chunk without its crc32c
+    for at in range(len(payload) // 2, len(payload)):
+        flipped = bytearray(payload)
+        flipped[at] ^= 0x5A
+        try:
+            if zstd.decode(bytes(flipped)) != zstd.decode(payload):
+                break
+        except RuntimeError:  # zstd itself noticed: look for a flip it does not
+            continue
+    else:
+        pytest.fail("no byte of the chunk decodes to other numbers when flipped")
+    shard.write_bytes(blob[:offset + at] + bytes(flipped[at:at + 1]) + blob[offset + at + 1:])
+    with pytest.raises(DamagedStoreError, match="image_patches, shard 0 and after: a chunk cannot be decoded"):
+        open_store(path).space("vlcache-tiny").read("image_patches", np.arange(array.chunks[0]))

@@ -5,8 +5,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import tracemalloc
 
 import numpy as np
@@ -240,6 +242,49 @@ def test_resuming_from_a_checkpoint_continues_the_same_run(swaps, tmp_path):
         torch.testing.assert_close(a[name], b[name], rtol=1e-3, atol=1e-3)
 
 
+def test_ctrl_c_in_train_names_the_command_that_resumes_it(swaps, tmp_path):
+    """A real SIGINT once the first checkpoint is written: the line says to add --resume (and drop --seed,
+    which a resumed run refuses), and that command finishes the run."""
+    store_path, _ = swaps
+    cfg = {**TINY_TFLOCAL, "train": {**TINY_TFLOCAL["train"], "steps": 20, "checkpoint_every": 2, "batch_size": 8,
+                                      "warmup_steps": 2}}
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    run = tmp_path / "run"
+    args = ["train", "--store", str(store_path), "--dataset", "train", "--head", "tflocal", "--out", str(run),
+            "--config", str(tmp_path / "cfg.json"), "--device", "cpu", "--quiet"]
+    proc = subprocess.Popen([sys.executable, "-m", "workflows.cli", *args, "--seed", "0"], stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 120
+    while not (run / "checkpoint.json").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    last = err.strip().splitlines()[-1]
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert re.fullmatch(rf"interrupted: {re.escape(str(run))} keeps its checkpoint of step \d+; to continue "
+                        r"from it, run the same command with --resume and without --seed", last), last
+    assert main([*args, "--resume"]) == 0
+    assert load_file(run / "checkpoints" / "step-0000020" / "head.safetensors")
+
+
+def test_periodic_evaluations_print_one_console_line_each_unless_quiet(swaps, tmp_path, capfd):
+    store_path, _ = swaps
+    cfg = {**TINY_TFLOCAL, "train": {**TINY_TFLOCAL["train"], "steps": 4, "eval_every": 2, "retrieval_k": 0}}
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    args = ["train", "--store", str(store_path), "--dataset", "train", "--head", "tflocal", "--eval-dataset", "test",
+            "--config", str(tmp_path / "cfg.json"), "--device", "cpu"]
+    capfd.readouterr()
+    assert main([*args, "--out", str(tmp_path / "loud")]) == 0
+    printed = [line for line in capfd.readouterr().err.splitlines() if " eval: " in line]
+    logged = [json.loads(line)["eval"]["test"] for line in (tmp_path / "loud" / "log.jsonl").read_text().splitlines()
+              if "eval" in json.loads(line)]
+    assert printed == [f"step {step}/4 eval: test accuracy {100 * e['accuracy']:.1f}%, macro {100 * e['macro']:.1f}%"
+                       for step, e in zip((2, 4), logged)], printed
+    assert main([*args, "--out", str(tmp_path / "quiet"), "--quiet"]) == 0
+    assert " eval: " not in capfd.readouterr().err
+
+
 def test_heads_score_pairs_and_tflocal_is_light_at_vit_b_dims():
     dims = Dims(patches=49, patch_dim=768, text_dim=512, embed_dim=512, context_length=77)
     assert 0.5e6 <= build_head("tflocal", dims).n_parameters() <= 2e6  # the README's figure
@@ -437,13 +482,17 @@ def test_a_damaged_run_folder_is_one_line(case, expected, swaps, short_run, tmp_
 
 
 @pytest.mark.parametrize("case, expected", [
-    ("config not utf-8", "not UTF-8"),
+    ("config not utf-8", "is not UTF-8 text"),
+    ("config not json", "is not valid JSON"),
     ("unknown device", "'tpu' is not a device"),
 ])
 def test_unreadable_config_and_unknown_device_are_one_line(case, expected, swaps, tmp_path, capfd):
     store_path, _ = swaps
     (tmp_path / "latin1.json").write_bytes('{"train": {"steps": 1}} // é'.encode("latin-1"))
-    extra = (["--config", str(tmp_path / "latin1.json")] if case == "config not utf-8" else ["--device", "tpu"])
+    (tmp_path / "trailing.json").write_text('{"train": {"steps": 1},}', encoding="utf-8")
+    extra = {"config not utf-8": ["--config", str(tmp_path / "latin1.json")],
+             "config not json": ["--config", str(tmp_path / "trailing.json")],
+             "unknown device": ["--device", "tpu"]}[case]
     capfd.readouterr()
     code = main(["train", "--store", str(store_path), "--dataset", "train", "--head", "tflocal",
                  "--out", str(tmp_path / "x"), *extra])

@@ -3,22 +3,24 @@ run (head config, train config, data position) and names the embedding space it 
 
 from __future__ import annotations
 
+import io
 import json
-import os
 import pickle
-import shutil
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
 
-from cache_schemas import SpaceEmbeddings, VlcacheError
+from cache_schemas import Location, SpaceEmbeddings, VlcacheError
 
 from .heads import Dims, Head, build_head
 
 POINTER = "checkpoint.json"
+CHECKPOINT_NAME = re.compile(r"checkpoints/step-\d+")
 
 
 class CheckpointError(VlcacheError, ValueError):
@@ -49,59 +51,73 @@ class Checkpoint:
             )
 
 
-def save(run_dir: str, head: Head, optimizer: dict[str, Any], state: dict[str, Any], keep: int = 2) -> str:
-    """Write checkpoints/step-N/, then point checkpoint.json at it (atomic); keep the last `keep`."""
-    name = f"step-{state['step']:07d}"
-    folder = os.path.join(run_dir, "checkpoints", name)
-    os.makedirs(folder, exist_ok=True)
+def save(run: Location | str, head: Head, optimizer: dict[str, Any], state: dict[str, Any], keep: int = 2) -> str:
+    """Write checkpoints/step-N/, then point checkpoint.json at it; keep the last `keep`. Each file is one
+    atomic write, local or remote (`run` may be any fsspec URL), so the pointer never names half a checkpoint."""
+    run = _location(run)
+    folder = f"checkpoints/step-{state['step']:07d}"
     tensors = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
-    save_file(tensors, os.path.join(folder, "head.safetensors"))
-    torch.save(optimizer, os.path.join(folder, "optimizer.pt"))
-    with open(os.path.join(folder, "state.json"), "w") as f:
-        json.dump(state, f, indent=2)
-    tmp = os.path.join(run_dir, POINTER + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump({"latest": f"checkpoints/{name}"}, f)
-    os.replace(tmp, os.path.join(run_dir, POINTER))
-    for old in sorted(os.listdir(os.path.join(run_dir, "checkpoints")))[:-keep]:
-        shutil.rmtree(os.path.join(run_dir, "checkpoints", old))
-    return folder
-
-
-def has_checkpoint(run_dir: str) -> bool:
-    return os.path.isfile(os.path.join(run_dir, POINTER))
-
-
-def load(run_dir: str, with_optimizer: bool = False) -> Checkpoint:
-    pointer = os.path.join(run_dir, POINTER)
-    if not os.path.isfile(pointer):
-        raise CheckpointError(f"no checkpoint in {run_dir} ({POINTER} is missing); "
-                              "train a head with vlcache train first")
-    folder = _latest(run_dir)
+    buffer = io.BytesIO()
+    torch.save(optimizer, buffer)
     try:
-        with open(os.path.join(folder, "state.json")) as f:
-            state = json.load(f)
-        tensors = load_file(os.path.join(folder, "head.safetensors"))
-        optimizer = torch.load(os.path.join(folder, "optimizer.pt"), weights_only=True) if with_optimizer else None
+        run.write_bytes(f"{folder}/head.safetensors", save_tensors(tensors))
+        run.write_bytes(f"{folder}/optimizer.pt", buffer.getvalue())
+        run.write_json(f"{folder}/state.json", state)
+        run.write_json(POINTER, {"latest": folder})
+    except Exception:  # a full disk: the pointer still names the last whole checkpoint; drop this one's files
+        _discard(run, folder)
+        raise
+    for old in run.listdir("checkpoints")[:-keep]:
+        run.remove(f"checkpoints/{old}", recursive=True)
+    return run.url(folder)
+
+
+def _discard(run: Location, folder: str) -> None:
+    """Remove a checkpoint folder that failed to be written, unless the pointer names it (saved before)."""
+    try:
+        latest = _latest(run) if run.exists(POINTER) else None
+    except CheckpointError:
+        latest = None
+    if latest != folder and run.exists(folder):
+        run.remove(folder, recursive=True)
+
+
+def has_checkpoint(run: Location | str) -> bool:
+    return _location(run).exists(POINTER)
+
+
+def load(run: Location | str, with_optimizer: bool = False) -> Checkpoint:
+    run = _location(run)
+    if not run.exists(POINTER):
+        raise CheckpointError(f"no checkpoint in {run.uri} ({POINTER} is missing); "
+                              "train a head with vlcache train first")
+    folder = _latest(run)
+    try:
+        state = json.loads(run.read_bytes(f"{folder}/state.json"))
+        tensors = load_tensors(run.read_bytes(f"{folder}/head.safetensors"))
+        optimizer = torch.load(io.BytesIO(run.read_bytes(f"{folder}/optimizer.pt")),
+                               weights_only=True) if with_optimizer else None
     except (OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError, SafetensorError) as exc:
         # json, safetensors and torch each raise their own kind for a truncated or damaged file
-        raise CheckpointError(f"the checkpoint in {folder} cannot be read ({type(exc).__name__}: "
+        raise CheckpointError(f"the checkpoint in {run.url(folder)} cannot be read ({type(exc).__name__}: "
                               f"{str(exc).splitlines()[0] if str(exc) else 'damaged'}); train again or "
                               "restore the run folder") from None
     return Checkpoint(state, tensors, optimizer)
 
 
-def _latest(run_dir: str) -> str:
-    """The folder checkpoint.json points at, which must lie inside the run's checkpoints/."""
+def _latest(run: Location) -> str:
+    """The folder checkpoint.json points at, which must be one of the run's checkpoints/ (a name, no
+    path: a pointer cannot lead anywhere else)."""
     try:
-        with open(os.path.join(run_dir, POINTER)) as f:
-            latest = json.load(f)["latest"]
+        latest = json.loads(run.read_bytes(POINTER))["latest"]
     except (OSError, ValueError, KeyError, TypeError):
-        raise CheckpointError(f"{os.path.join(run_dir, POINTER)} is damaged; train again or restore "
-                              "the run folder") from None
-    root = os.path.realpath(os.path.join(run_dir, "checkpoints"))
-    folder = os.path.realpath(os.path.join(run_dir, str(latest)))
-    if os.path.dirname(folder) != root:
-        raise CheckpointError(f"{os.path.join(run_dir, POINTER)} points outside the run's checkpoints/ "
-                              f"({latest!r}); refusing to follow it")
-    return folder
+        raise CheckpointError(f"{run.url(POINTER)} is damaged; train again or restore the run folder") from None
+    if not isinstance(latest, str) or not CHECKPOINT_NAME.fullmatch(latest):
+        raise CheckpointError(f"{run.url(POINTER)} points outside the run's checkpoints/ ({latest!r}); "
+                              "refusing to follow it")
+    return latest
+
+
+def _location(run: Location | str) -> Location:
+    """A run folder given as a path or URL (with no options: the caller's own Location carries them)."""
+    return run if isinstance(run, Location) else Location(str(run))

@@ -45,6 +45,7 @@ class Examples:
     negatives: np.ndarray  # (N, K) text rows, -1 = none
     negative_images: np.ndarray  # (N, J) image rows, -1 = none
     dropped: int = 0
+    index: np.ndarray | None = None  # (N,) each item's position in the dataset's items table
 
     def __len__(self) -> int:
         return len(self.image)
@@ -52,11 +53,13 @@ class Examples:
     @classmethod
     def from_dataset(cls, space: SpaceEmbeddings, dataset: DatasetTables, split: str | None = None) -> Examples:
         items = dataset.items
+        index = np.arange(items.num_rows)
         if split is not None:
             splits = set(items["split"].to_pylist())
             if split not in splits:
                 raise VlcacheError(f"dataset {dataset.name} has no split {split!r}; splits: {sorted(splits)}")
-            items = items.filter(pc.equal(items["split"], split))
+            chosen = pc.equal(items["split"], split)
+            items, index = items.filter(chosen), index[chosen.to_numpy(zero_copy_only=False)]
         image = space.rows("images", items["image"])
         caption = space.rows("texts", items["caption"])
         keep = (image >= 0) & (caption >= 0)
@@ -67,7 +70,8 @@ class Examples:
         negative_images = _padded_rows(space, "images", items["negative_images"])
         column = lambda name: np.array(items[name].to_pylist(), dtype=object)[keep]  # noqa: E731
         return cls(column("item_id"), column("subset"), column("type"), column("subtype"), image[keep],
-                   caption[keep], negatives[keep], negative_images[keep], dropped=int((~keep).sum()))
+                   caption[keep], negatives[keep], negative_images[keep], dropped=int((~keep).sum()),
+                   index=index[keep])
 
     @property
     def has_negative_captions(self) -> bool:
@@ -204,6 +208,15 @@ def batch_rows(examples, index: np.ndarray) -> dict[str, torch.Tensor]:
             "negative_images": torch.from_numpy(negative_image_index)}
 
 
+def block_shuffle(chunk: np.ndarray, window: int, seed: int, epoch: int) -> np.ndarray:
+    """A permutation of items (N >= 1) given each one's Zarr chunk: chunks in a random order, then windows
+    of `window` items each shuffled. Reads stay chunk-local; the order depends only on (seed, epoch)."""
+    rng = np.random.default_rng([seed, epoch])
+    groups = [np.flatnonzero(chunk == c) for c in rng.permutation(np.unique(chunk))]
+    stream = np.concatenate([rng.permutation(g) for g in groups])
+    return np.concatenate([rng.permutation(stream[i:i + window]) for i in range(0, len(stream), window)])
+
+
 @dataclass
 class LoaderState:
     """Where a loader is: enough to resume the exact same stream."""
@@ -267,12 +280,8 @@ class BatchLoader:
         if not self.shuffle:
             order = np.argsort(self.examples.image, kind="stable")  # chunk by chunk
             return [order[i:i + self.batch_size] for i in range(0, n, self.batch_size)]
-        rng = np.random.default_rng([self.seed, epoch])
-        chunk = self.examples.image // self.space.geometry.chunk_rows
-        groups = [np.flatnonzero(chunk == c) for c in rng.permutation(np.unique(chunk))]
-        stream = np.concatenate([rng.permutation(g) for g in groups])
-        window = self.window_batches * self.batch_size
-        order = np.concatenate([rng.permutation(stream[i:i + window]) for i in range(0, n, window)])
+        order = block_shuffle(self.examples.image // self.space.geometry.chunk_rows,
+                              self.window_batches * self.batch_size, self.seed, epoch)
         usable = n - n % self.batch_size if n >= self.batch_size else n  # full batches only
         return [order[i:i + self.batch_size] for i in range(0, usable, self.batch_size)]
 
@@ -348,7 +357,12 @@ class BatchLoader:
 
 
 def _prefetched(batches: Iterator[Batch], depth: int) -> Iterator[Batch]:
-    """Read the next batches in a background thread while the caller trains on this one."""
+    """Read the next batches in a background thread while the caller trains on this one.
+
+    The thread is not a daemon, and it stops once this generator is closed or the interpreter starts to
+    exit (the main thread has ended), after the read in hand: Python (before 3.14) ends a daemon thread
+    that is still reading when it finalises by unwinding it mid-call, and inside torch's or zarr's native
+    frames that aborts the process ("terminate called without an active exception", exit 134)."""
     if depth <= 0:
         yield from batches
         return
@@ -356,28 +370,43 @@ def _prefetched(batches: Iterator[Batch], depth: int) -> Iterator[Batch]:
     stop = threading.Event()
     done = object()
 
+    def stopping() -> bool:
+        return stop.is_set() or not threading.main_thread().is_alive()
+
+    def offer(item) -> bool:
+        while not stopping():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def produce() -> None:
         try:
-            for batch in batches:
-                while not stop.is_set():
-                    try:
-                        q.put(batch, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            q.put(done)
+            if all(offer(batch) for batch in batches):
+                offer(done)
         except BaseException as exc:  # surfaced in the consumer's thread
-            q.put(exc)
+            offer(exc)
 
-    thread = threading.Thread(target=produce, daemon=True, name="vlcache-prefetch")
+    thread = threading.Thread(target=produce, name="vlcache-prefetch")
     thread.start()
     try:
-        while (item := q.get()) is not done:
+        while (item := _next(q, thread, done)) is not done:
             if isinstance(item, BaseException):
                 raise item
             yield item
     finally:
         stop.set()
-        thread.join(timeout=5)
+        thread.join(timeout=5)  # a read in hand finishes on its own; the interpreter's exit waits for it
+
+
+def _next(q: queue.Queue, producer: threading.Thread, done: object) -> object:
+    """The producer's next item, or `done` where it stopped without one (the interpreter exiting under a
+    consumer that is not the main thread)."""
+    while True:
+        try:
+            return q.get(timeout=0.5)
+        except queue.Empty:
+            if not producer.is_alive() and q.empty():
+                return done

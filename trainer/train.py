@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 import zlib
 from collections.abc import Sequence
@@ -16,7 +17,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from cache_schemas import VlcacheError, open_store
+from cache_schemas import ChunkCache, Location, VlcacheError, open_store
+from cache_schemas.errors import disk_full_as_error
+from cache_schemas.output import run_folder, staged
 
 from . import checkpoint
 from .config import TrainConfig, load_config
@@ -38,17 +41,19 @@ def resolve_device(device: str) -> torch.device:
 def train(store_uri: str, dataset: str, head_name: str, out: str, *, space_key: str | None = None,
           split: str | None = "train", eval_datasets: Sequence[str] = (), config_path: str | None = None,
           device: str = "auto", resume: bool = False, seed: int | None = None, progress: bool = True,
-          storage_options: dict | None = None) -> dict[str, Any]:
+          storage_options: dict | None = None, cache: ChunkCache | None = None) -> dict[str, Any]:
     """Train until the configured step count; return the final evaluation reports by dataset.
     `seed` overrides the config's. Everything is checked (settings, store, datasets, space) before
-    the run folder is written."""
+    the run folder is written. `out` may be any fsspec URL (output.run_folder: with the store's
+    options where it shares the store's filesystem); `cache` keeps a remote store's chunks locally."""
     if head_name not in HEADS:
         raise VlcacheError(f"unknown head {head_name!r}; heads: {', '.join(HEADS)}")
     if resume and seed is not None:
         raise VlcacheError("--seed cannot change a resumed run; it continues with the seed it started with")
-    run = _resume(out, head_name) if resume else _new_run(out, head_name, config_path, seed)
+    folder = run_folder(out, store_uri, storage_options, write=True)
+    run = _resume(folder, head_name) if resume else _new_run(folder, head_name, config_path, seed)
     cfg = TrainConfig.from_json(run["train"])
-    store = open_store(store_uri, storage_options=storage_options)
+    store = open_store(store_uri, storage_options=storage_options, cache=cache)
     space = store.space_or_only(space_key)
     if resume:
         run["checkpoint"].check_space(space)
@@ -62,7 +67,7 @@ def train(store_uri: str, dataset: str, head_name: str, out: str, *, space_key: 
     head = build_head(head_name, Dims.of(space.spec), run["head_config"]).to(torch_device)
     if not head.trainable:
         raise VlcacheError(f"head {head_name} has nothing to train; evaluate it with vlcache eval")
-    os.makedirs(out, exist_ok=True)
+    folder.ensure_writable("--out")
     optimizer, scheduler = _optimizer(head, cfg)
     step, loader_state = 0, LoaderState()
     if resume:
@@ -73,7 +78,7 @@ def train(store_uri: str, dataset: str, head_name: str, out: str, *, space_key: 
     state = {"head": head_name, "head_config": head.config.to_json(), "train": cfg.to_json(), "space_key": space.key,
              "store": store_uri, "dataset": dataset, "split": split, "eval_datasets": list(eval_datasets),
              "parameters": head.n_parameters(), "items": len(examples)}
-    log = _Log(os.path.join(out, "log.jsonl"))
+    log = _Log(folder)
     if step == 0:
         log.write({"event": "start", **state})
     monitor = HealthMonitor()
@@ -114,31 +119,36 @@ def train(store_uri: str, dataset: str, head_name: str, out: str, *, space_key: 
                            for name, d in evals.items()}
                 for report in reports.values():
                     report["training"] = health.to_json()
-                log.write({"step": step, "eval": {n: _headline(r) for n, r in reports.items()}})
+                headlines = {n: _headline(r) for n, r in reports.items()}
+                log.write({"step": step, "eval": headlines})
+                if progress:  # the bar shows the loss; the evaluations would otherwise reach only the log
+                    bar.write(_eval_line(step, cfg.steps, headlines), file=sys.stderr)
                 head.train()
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                checkpoint.save(out, head, _training_state(optimizer, scheduler),
+                checkpoint.save(folder, head, _training_state(optimizer, scheduler),
                                 {**state, "step": step, "health": health.to_json(),
                                  "loader": asdict(LoaderState(batch.epoch, batch.position + 1))})
-    for name, report in reports.items():
-        write_report(report, os.path.join(out, "eval", name))
+                log.flush()  # a resumed run's log then reaches its checkpoint, on an object store too
+    with staged(folder.child("eval")) as evals_out:
+        for name, report in reports.items():
+            write_report(report, os.path.join(evals_out, name))
     log.write({"event": "end", "step": step, "health": monitor.health().to_json()})
     return reports
 
 
-def _new_run(out: str, head_name: str, config_path: str | None, seed: int | None) -> dict[str, Any]:
+def _new_run(folder: Location, head_name: str, config_path: str | None, seed: int | None) -> dict[str, Any]:
     """The run's settings from the defaults and --config, checked before anything is read or written."""
-    if checkpoint.has_checkpoint(out):
-        raise VlcacheError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
+    if checkpoint.has_checkpoint(folder):
+        raise VlcacheError(f"{folder.uri} already holds a run; pass --resume to continue it, or choose another --out")
     head_config, cfg = load_config(head_name, config_path)
     HEADS[head_name].Config.from_json(head_config)
     return {"head_config": head_config, "train": {**cfg.to_json(), **({} if seed is None else {"seed": seed})}}
 
 
-def _resume(out: str, head_name: str) -> dict[str, Any]:
-    ckpt = checkpoint.load(out, with_optimizer=True)
+def _resume(folder: Location, head_name: str) -> dict[str, Any]:
+    ckpt = checkpoint.load(folder, with_optimizer=True)
     if ckpt.state["head"] != head_name:
-        raise VlcacheError(f"{out} holds a {ckpt.state['head']} run, not {head_name}")
+        raise VlcacheError(f"{folder.uri} holds a {ckpt.state['head']} run, not {head_name}")
     return {"head_config": ckpt.state["head_config"], "train": ckpt.state["train"], "checkpoint": ckpt}
 
 
@@ -196,10 +206,53 @@ def _headline(report: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+_HEADLINE_NAMES = {"accuracy": "accuracy", "macro": "macro", "group": "BiVLC group", "t2i_r1": "T2I R@1"}
+
+
+def _eval_line(step: int, steps: int, headlines: dict[str, dict[str, float]]) -> str:
+    """A periodic evaluation in one console line: `step 200/1000 eval: test accuracy 64.5%, macro 62.0%; ...`."""
+    return f"step {step}/{steps} eval: " + "; ".join(
+        f"{name} " + ", ".join(f"{_HEADLINE_NAMES[k]} {100 * v:.1f}%" for k, v in values.items())
+        for name, values in headlines.items())
+
+
+def _append(path: str, data: bytes) -> None:
+    """`data` at the end of the file, or the file as it was (none, if there was none): a full disk leaves
+    no half a line."""
+    with disk_full_as_error(path), open(path, "ab", buffering=0) as f:
+        end = f.seek(0, os.SEEK_END)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[f.write(view):]
+        except OSError:
+            f.truncate(end)
+            if not end:
+                os.unlink(path)
+            raise
+
+
 class _Log:
-    def __init__(self, path: str):
-        self.path = path
+    """log.jsonl, appended to in place on a local disk. An object store has no appends: there the whole
+    file is rewritten at each event (start, stop, end), each checkpoint, and at most FLUSH_SECONDS apart."""
+
+    NAME, FLUSH_SECONDS = "log.jsonl", 30.0
+
+    def __init__(self, run: Location):
+        self.run = run
+        self.lines = [] if run.is_local or not run.exists(self.NAME) else [run.read_bytes(self.NAME).decode()]
+        self.flushed = time.monotonic()
 
     def write(self, record: dict[str, Any]) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
+        line = json.dumps({"time": round(time.time(), 3), **record}) + "\n"
+        if self.run.is_local:
+            _append(self.run.path(self.NAME), line.encode())
+            return
+        self.lines.append(line)
+        if "event" in record or time.monotonic() - self.flushed >= self.FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.run.is_local:
+            self.run.write_bytes(self.NAME, "".join(self.lines).encode())
+            self.flushed = time.monotonic()

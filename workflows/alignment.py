@@ -89,6 +89,8 @@ def _draw(path: str, item: ItemMaps, image: np.ndarray, head: str, spec: Embeddi
           per_panel: bool) -> Drawn:
     import matplotlib.pyplot as plt
 
+    from .plots import save_figure
+
     blocks = [_panels(c, spec, by_segment) for c in item.captions]
     columns = min(COLUMNS, 1 + max(len(labels) for labels, _, _ in blocks))  # the image, then a panel each
     rows = [-(-(1 + len(labels)) // columns) for labels, _, _ in blocks]
@@ -97,8 +99,7 @@ def _draw(path: str, item: ItemMaps, image: np.ndarray, head: str, spec: Embeddi
     subfigures = np.atleast_1d(fig.subfigures(len(rows), 1, height_ratios=rows))
     for sub, caption, block, n in zip(subfigures, item.captions, blocks, rows):
         _caption_row(sub, item.item_id, caption, block[:2], (n, columns), image, scale)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path, dpi=90)
     return Drawn(path, item.item_id, {c.role: b[0] for c, b in zip(item.captions, blocks)}, blocks[0][2])
 
 

@@ -14,6 +14,7 @@ from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
 from cache_schemas import VlcacheError
+from cache_schemas.location import atomic_file
 
 from .results import SPLIT_NAMES, Results
 
@@ -50,7 +51,18 @@ def subset_bars(ax, values: dict[str, dict[str, float]], subsets: list[str], cha
                   label=chance_label)
     ax.set_xticks(x + 0.4 - width / 2, subsets, rotation=30, ha="right")
     ax.set_title(title)
-    ax.set_ylim(0, 100)
+    _percent_axis(ax)
+
+
+def _percent_axis(ax) -> None:
+    """0-100% ticks with headroom above 100, so that a bar's value label clears the frame."""
+    ax.set_ylim(0, 112)
+    ax.set_yticks(range(0, 101, 20))
+
+
+def _legend_outside(ax) -> None:
+    """The legend right of the axes, where it hides no bar (tight_layout makes room for it)."""
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
 
 
 # A random score's chance: I2T and T2I each need two comparisons right (1/4); group, that the two
@@ -61,18 +73,24 @@ BIVLC_CHANCE = {"i2t": 0.25, "t2i": 0.25, "group": 1 / 6}
 def report_bars(path: str, report: dict[str, Any]) -> str:
     """An evaluation report's caption accuracy per subset, and BiVLC I2T/T2I/group per type where it has
     them, each against its chance level."""
+    return _save(report_figure(report), path)
+
+
+def report_figure(report: dict[str, Any]):
+    """`report_bars`' figure, unsaved."""
     panels = [p for p in ("caption_accuracy", "bivlc") if p in report]
     if not panels:
         raise VlcacheError("the report has no accuracy to plot (neither caption accuracy nor BiVLC scores)")
-    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4.5), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(8.5 * len(panels), 4.5), squeeze=False)
     for ax, panel in zip(axes[0], panels):
         (_caption_panel if panel == "caption_accuracy" else _bivlc_panel)(ax, report[panel], report["head"])
         ax.set_ylabel("accuracy, %")
-        ax.legend(fontsize=8)
+        _legend_outside(ax)
     health = report.get("training") or {}
     warning = " (did not train: its loss stayed at chance)" if health.get("status") == "at chance" else ""
     fig.suptitle(f"{report['head']} on {report['dataset']}{warning}")
-    return _save(fig, path)
+    fig.tight_layout()
+    return fig
 
 
 def _caption_panel(ax, acc: dict[str, Any], head: str) -> None:
@@ -104,9 +122,10 @@ def control_bars(path: str, control: Results) -> str:
                    capsize=3)
         ax.axhline(50, color="grey", lw=0.8, ls="--")
         ax.set_xticks(x + 0.2, control.methods, rotation=20, ha="right")
-        ax.set(title=f"positive control, {name}", ylim=(0, 105))
+        ax.set_title(f"positive control, {name}")
+        _percent_axis(ax)
     axes[0].set_ylabel("accuracy, %")
-    axes[0].legend(fontsize=8)
+    _legend_outside(axes[1])
     return _save(fig, path)
 
 
@@ -165,8 +184,11 @@ def _evaluations(ax, records: dict[str, list[list[dict[str, Any]]]]) -> None:
 
 
 def read_log(log: str) -> list[dict[str, Any]]:
-    with open(log) as f:
-        lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
+    try:
+        with open(log, encoding="utf-8") as f:
+            lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:  # a folder, a binary file
+        raise VlcacheError(f"{log} cannot be read as a training log ({type(exc).__name__})") from None
     records = []
     for n, line in lines:
         try:
@@ -228,6 +250,14 @@ def _rows(path: str) -> list[dict[str, Any]]:
 
 def _save(fig, path: str, bottom: float = 0.0) -> str:
     fig.tight_layout(rect=(0, bottom, 1, 1))  # `bottom` leaves room for a figure legend
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return save_figure(fig, path, dpi=110)
+
+
+def save_figure(fig, path: str, dpi: int) -> str:
+    """The figure as a whole file or none (a full disk is one line naming it); closed either way."""
+    try:
+        with atomic_file(path) as f:
+            fig.savefig(f, dpi=dpi, format=os.path.splitext(path)[1][1:] or "png")
+    finally:
+        plt.close(fig)
     return path

@@ -3,8 +3,8 @@ COCO 2017, SugarCrepe, BiVLC and TROHN-Text, it extracts everything once, trains
 baselines on TROHN-Text (COCO train images with hard negative captions), fine-tunes the encoder itself
 on the same items (on their captions alone, and NegCLIP-style with their hard negatives; each result
 extracted as a space of its own), evaluates every method on SugarCrepe and BiVLC, and writes one table
-laid out like the paper's, with the published numbers (workflows/published.json) beside the measured
-ones.
+laid out like the paper's, with the published numbers (workflows/published.json; their sources in
+docs/RESEARCH.md) beside the measured ones.
 
     coco/annotations/captions_val2017.json, coco/train2017/, coco/val2017/   (COCO's own layout)
     sugarcrepe/*.json                                                        (add_att.json, ...)
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,18 +25,16 @@ from pipeline.cluster import ClusterConfig, start_workers
 from pipeline.encoders import EncoderRequest, describe
 from pipeline.extract import ExtractOptions, extract
 from pipeline.finetune.config import FinetuneConfig
-from pipeline.finetune.loop import finetune
 from trainer.metrics import markdown_table
 from trainer.run import evaluate_head
 from trainer.train import train
 
+from .baselines import finetuned_encoders
 from .results import Estimate
 
 PUBLISHED = Path(__file__).parent / "published.json"
 SUGARCREPE = ("add_att", "add_obj", "replace_att", "replace_obj", "replace_rel", "swap_att", "swap_obj")
 HEADS = ("global-mlp", "maxsim", "tflocal")
-# The encoder fine-tuned end to end on TROHN-Text: its captions alone, and with its hard negatives.
-FINETUNED = {"fine-tuned": False, "fine-tuned + hard negatives": True}
 EVALUATED = ("sugarcrepe", "bivlc")
 
 
@@ -85,16 +83,16 @@ def reproduce(out: str, sources: Sources, request: EncoderRequest, config: Repro
         for head in config.heads:
             reports[head] = [_evaluate(out, store, head, _train(out, store, head, seed, base, config, progress),
                                        config.device, base) for seed in config.seeds]
-        for method, hard in FINETUNED.items() if config.finetune else ():
-            reports[method] = []
-            for seed in config.seeds:
-                tuned = _finetuned(out, store, request, method, seed, hard, config, progress)
-                for name in EVALUATED:
-                    path, fmt, images_root, split = datasets[name]
-                    extract(path, fmt, name, tuned, store, images_root=images_root, split=split, options=options,
-                            workers=workers)
-                reports[method].append(_evaluate(out, store, "global", None, config.device, describe(tuned).key,
-                                                 name=f"{method}-seed{seed}"))
+        tuned_encoders = finetuned_encoders(store, "trohn-text", request, os.path.join(out, "runs"), config.finetune,
+                                            config.seeds, device=config.device, progress=progress) \
+            if config.finetune else ()
+        for method, seed, tuned, _ in tuned_encoders:
+            for name in EVALUATED:
+                path, fmt, images_root, split = datasets[name]
+                extract(path, fmt, name, tuned, store, images_root=images_root, split=split, options=options,
+                        workers=workers)
+            reports.setdefault(method, []).append(_evaluate(out, store, "global", None, config.device,
+                                                            describe(tuned).key, name=f"{method}-seed{seed}"))
     result = {"model": request.model, "pretrained": request.pretrained, "seeds": list(config.seeds),
               "measured": {m: _scores(runs) for m, runs in reports.items()}, "published": _published()}
     with open(os.path.join(out, "reproduce.json"), "w") as f:
@@ -102,16 +100,6 @@ def reproduce(out: str, sources: Sources, request: EncoderRequest, config: Repro
     with open(os.path.join(out, "reproduce.md"), "w") as f:
         f.write(markdown(result))
     return result
-
-
-def _finetuned(out: str, store: str, request: EncoderRequest, method: str, seed: int, hard: bool,
-               config: ReproduceConfig, progress: bool) -> EncoderRequest:
-    """The encoder fine-tuned on TROHN-Text, as the request that extracts it."""
-    run_dir = os.path.join(out, "runs", f"{method.replace(' + ', '-').replace(' ', '-')}-seed{seed}")
-    settings = replace(config.finetune, hard_negatives=hard, seed=seed)
-    record = finetune(store, "trohn-text", request, run_dir, config=settings, split=None, device=config.device,
-                      progress=progress)
-    return replace(request, model=record["extract"]["model"], pretrained=record["extract"]["pretrained"])
 
 
 def _train(out: str, store: str, head: str, seed: int, space: str, config: ReproduceConfig, progress: bool) -> str:

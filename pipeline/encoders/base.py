@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -113,19 +114,26 @@ def encoder_class(name: str) -> type[Encoder]:
         raise UnknownModelError(f"--encoder {name!r} must be {OPEN_CLIP!r} or 'module:Class'")
     try:
         found = getattr(importlib.import_module(module_name), attribute)
-    except ImportError as exc:
-        raise UnknownModelError(f"--encoder {name}: cannot import {module_name} ({exc}); is it on PYTHONPATH?"
-                                ) from None
+    except (ImportError, ValueError, TypeError, SyntaxError) as exc:  # not found, a relative name, broken code
+        raise UnknownModelError(f"--encoder {name}: cannot import {module_name} ({type(exc).__name__}: {exc}); "
+                                "is it on PYTHONPATH?") from None
     except AttributeError:
         raise UnknownModelError(f"--encoder {name}: module {module_name} has no {attribute}") from None
     if not (isinstance(found, type) and issubclass(found, Encoder)):
         raise UnknownModelError(f"--encoder {name} is not a subclass of pipeline.encoders.Encoder")
+    if inspect.isabstract(found):  # the base itself, or a subclass that left part of the contract out
+        missing = ", ".join(sorted(found.__abstractmethods__))
+        raise UnknownModelError(f"--encoder {name} is abstract: it does not implement {missing} "
+                                "(see pipeline/encoders/base.py)")
     return found
 
 
 def describe(request: EncoderRequest) -> EmbeddingSpace:
     """The space `request` produces (no weights loaded)."""
     space = encoder_class(request.encoder).describe(request)
+    if not isinstance(space, EmbeddingSpace):
+        raise UnknownModelError(f"encoder {request.encoder}'s describe() returned {type(space).__name__}, "
+                                "not an EmbeddingSpace")
     if space.encoder != request.encoder:
         raise UnknownModelError(f"encoder {request.encoder} described a space of encoder {space.encoder!r}: "
                                 f"its describe() must set encoder={request.encoder!r}")

@@ -18,6 +18,7 @@ import hashlib
 import logging
 import os
 import threading
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,6 +155,7 @@ def tokenizer_id(model: str, folder: str | None) -> str | None:
                                     f"{model} uses open_clip's built-in tokenizer")
         if not os.path.isdir(folder):
             raise UnknownModelError(f"--tokenizer {folder} is not a folder (save one with tokenizer.save_pretrained)")
+        _check_tokenizer_folder(model, folder)
         return f"sha256:{folder_sha256(folder)}"
     if hub_name:
         try:
@@ -165,6 +167,19 @@ def tokenizer_id(model: str, folder: str | None) -> str | None:
                 f"({type(exc).__name__}); pass --tokenizer DIR, a local copy of it (tokenizer.save_pretrained)"
             ) from None
     return None
+
+
+def _check_tokenizer_folder(model: str, folder: str) -> None:
+    """Load the folder's tokenizer and tokenize one text, here in the driver, so that an empty or wrong folder
+    is one line before anything is registered rather than a tokenizer library's error once the space exists."""
+    try:
+        with _quiet(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a probe: its warnings come again when the tokenizer is used
+            TextTokenizer(model, folder)(["a photo"])
+    except Exception as exc:  # transformers, sentencepiece and tiktoken each fail in their own way
+        reason = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise UnknownModelError(f"--tokenizer {folder} holds no tokenizer {model} can load ({type(exc).__name__}: "
+                                f"{reason}); save one there with tokenizer.save_pretrained") from None
 
 
 def _text_cfg(model: str) -> dict:

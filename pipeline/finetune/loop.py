@@ -9,7 +9,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from cache_schemas import DatasetTables, VlcacheError, open_store
+from cache_schemas.location import atomic_file
 from trainer.data import Batch, batch_rows
 from trainer.health import HealthMonitor
 from trainer.objective import Groups, chance_loss, group_loss, groups
@@ -28,6 +29,7 @@ from trainer.train import resolve_device, step_generator, warmup_cosine
 from ..encoders import EncoderRequest, file_sha256
 from ..encoders.openclip import OpenClipEncoder, describe_model
 from ..images import ImageError, decode, read_bytes
+from ..readers import SourceOptions
 from .config import FinetuneConfig
 
 MAX_LOGIT_SCALE = math.log(100)  # open_clip_train's clamp: keeps the temperature from collapsing
@@ -90,15 +92,18 @@ def _index_lists(lists: pa.ChunkedArray, keys: pa.ChunkedArray) -> np.ndarray:
 
 def finetune(store_uri: str, dataset: str, request: EncoderRequest, out: str, *,
              config: FinetuneConfig = FinetuneConfig(), split: str | None = "train", device: str = "auto",
-             resume: bool = False, progress: bool = True, storage_options: dict | None = None) -> dict[str, Any]:
+             resume: bool = False, progress: bool = True, storage_options: dict | None = None,
+             source_options: dict | None = None) -> dict[str, Any]:
     """Fine-tune `request`'s encoder on `dataset`; write `<out>/model.pt`. Returns the run's record
     (also `<out>/model.pt.json`): the settings, the losses' health, and the extract arguments that
-    read the result. Everything is checked before the first image is read."""
+    read the result. Everything is checked before the first image is read. `source_options`: fsspec
+    options for the filesystem the images are on (as extract was given them); written nowhere."""
     state = _resume(out, request, config) if resume else None
     if not resume and os.path.exists(os.path.join(out, STATE_FILE)):
         raise VlcacheError(f"{out} already holds a fine-tuning run; pass --resume to continue it, or choose another "
                            "--out")
     extract_model = _extract_model(request)
+    sources = SourceOptions(source_options)
     pairs = Pairs.of(open_store(store_uri, storage_options=storage_options).dataset(dataset), split,
                      config.hard_negatives)
     if config.hard_negatives and not pairs.has_negatives:
@@ -125,7 +130,7 @@ def finetune(store_uri: str, dataset: str, request: EncoderRequest, out: str, *,
             batch = _batch(pairs, config, step)
             scoring = groups(batch, config.batch_size - 1, step_generator(config.seed, step))
             uris = [pairs.uris[i] for i in batch.image_rows.tolist()]
-            pixels = torch.stack(list(decoders.map(lambda uri: _pixels(encoder, uri), uris)))
+            pixels = torch.stack(list(decoders.map(lambda uri: _pixels(encoder, uri, sources), uris)))
             ids, _ = encoder.tokenize([pairs.texts[i] for i in batch.text_rows.tolist()])
             with amp:
                 value = _loss(model, encoder.normalised(pixels.to(torch_device)), ids.to(torch_device), scoring)
@@ -157,9 +162,11 @@ def _batch(pairs: Pairs, config: FinetuneConfig, step: int) -> Batch:
     return Batch(examples=index, epoch=epoch, position=position, images={}, texts={}, **batch_rows(pairs, index))
 
 
-def _pixels(encoder: OpenClipEncoder, uri: str) -> torch.Tensor:
+def _pixels(encoder: OpenClipEncoder, uri: str, sources: SourceOptions) -> torch.Tensor:
+    """An image's pixels, read as extract read them; the source's filesystem refusing us is one line
+    (an UnreachableError naming --source-options)."""
     try:
-        return encoder.preprocess(decode(read_bytes(uri), encoder.image_size))
+        return encoder.preprocess(decode(read_bytes(uri, sources), encoder.image_size))
     except ImageError as exc:
         raise VlcacheError(f"cannot fine-tune on {uri}: it no longer reads ({exc}); run vlcache extract again to "
                            "record it as failed") from None
@@ -208,13 +215,12 @@ def _extract_model(request: EncoderRequest) -> str:
 
 def _save_state(out: str, model, optimizer, scheduler, step: int, request: EncoderRequest,
                 config: FinetuneConfig, losses: list[float], monitor: HealthMonitor) -> None:
-    """Written whole, then renamed over the last one: a run killed mid-save resumes from the last."""
-    partial = os.path.join(out, f"{STATE_FILE}.partial")
-    torch.save({"step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
-                "request": asdict(request), "config": config.to_json(), "losses": losses,
-                "health_window": list(monitor.recent)}, partial)
-    os.replace(partial, os.path.join(out, STATE_FILE))
+    """Written whole, then renamed over the last one: a run killed mid-save (or out of disk) resumes from the last."""
+    with atomic_file(os.path.join(out, STATE_FILE)) as f:
+        torch.save({"step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
+                    "request": asdict(request), "config": config.to_json(), "losses": losses,
+                    "health_window": list(monitor.recent)}, f)
 
 
 def _resume(out: str, request: EncoderRequest, config: FinetuneConfig) -> dict[str, Any]:
@@ -242,13 +248,21 @@ def _restore(state: dict[str, Any], model, optimizer, scheduler) -> int:
 def _finish(out: str, model, request: EncoderRequest, extract_model: str, config: FinetuneConfig, dataset: str,
             split: str | None, monitor: HealthMonitor, losses: list[float], seconds: float) -> dict[str, Any]:
     path = os.path.join(out, MODEL_FILE)
-    partial = f"{path}.partial"
-    torch.save(model.state_dict(), partial)
-    os.replace(partial, path)
+    with atomic_file(path) as f:
+        torch.save(model.state_dict(), f)
     record = {"base": asdict(request), "dataset": dataset, "split": split, "config": config.to_json(),
               "health": monitor.health().to_json(), "seconds": round(seconds, 1),
               "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
               "sha256": file_sha256(path), "extract": {"model": extract_model, "pretrained": os.path.abspath(path)}}
-    with open(f"{path}.json", "w", encoding="utf-8") as f:
-        json.dump(record, f, indent=2)
+    try:
+        with atomic_file(f"{path}.json") as f:
+            f.write(json.dumps(record, indent=2).encode())
+    except Exception:  # a full disk: no model without its record (the run's state.pt stays, to --resume)
+        os.unlink(path)
+        raise
     return record
+
+
+def extract_request(record: dict[str, Any], base: EncoderRequest) -> EncoderRequest:
+    """The request that extracts a fine-tuning run's result: `base`'s tokens and dtype, the run's weights."""
+    return replace(base, model=record["extract"]["model"], pretrained=record["extract"]["pretrained"])

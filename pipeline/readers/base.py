@@ -3,6 +3,7 @@ their captions by text. Hashing and dedup happen later, once, for every format."
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,31 @@ class RawItem:
     type: str | None = None
     subtype: str | None = None
     split: str = "test"
+    url: str | None = None  # where the image came from (img2dataset's url), when the source says
+    key: str | None = None  # the source's own id of the sample (img2dataset's key)
+
+
+@dataclass(frozen=True)
+class Sidecar:
+    """What a .json beside an image says, as img2dataset writes it (files and webdataset layouts):
+    its caption (or "text"), url and key; None where absent."""
+
+    caption: str | None = None
+    url: str | None = None
+    key: str | None = None
+
+    @classmethod
+    def parse(cls, raw: bytes | None) -> Sidecar:
+        try:
+            meta = json.loads(raw) if raw is not None else None
+        except (ValueError, UnicodeDecodeError):
+            return cls()
+        if not isinstance(meta, dict):
+            return cls()
+        text = {k: v.strip() for k, v in meta.items() if isinstance(v, str) and v.strip()}
+        key = meta.get("key")
+        return cls(text.get("caption") or text.get("text"), text.get("url"),
+                   str(key) if isinstance(key, (str, int)) and not isinstance(key, bool) else None)
 
 
 @dataclass(frozen=True)

@@ -2,32 +2,31 @@
 JSON list (or JSON Lines) of {"image_id", "caption", "negative_caption"[, "negative_image"]}. The
 image is COCO's `{image_id:012d}.jpg` under --images-root (train2017); a negative image (TROHN-Img)
 is a path, resolved against the JSON's folder. Items are swap/replace/add negatives of unknown
-type, so the subset is "trohn"."""
+type, so the subset is "trohn". The JSON and its images may be remote (read with --source-options)."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 
 from cache_schemas import InvalidSourceError
 
 from .base import RawDataset, RawItem, ReaderOptions, caption_text, resolve
+from .remote import NO_OPTIONS, SourceOptions, absolute
 
 
-def read(source: str, images_root: str | None, split: str | None,
-         options: ReaderOptions = ReaderOptions()) -> RawDataset:
-    rows = _rows(source)
-    root = images_root or os.path.dirname(os.path.abspath(source))
-    here = os.path.dirname(os.path.abspath(source))
+def read(source: str, images_root: str | None, split: str | None, options: ReaderOptions = ReaderOptions(),
+         source_options: SourceOptions = NO_OPTIONS) -> RawDataset:
+    rows = _rows(source, source_options)
+    here = os.path.dirname(absolute(source))
+    root = images_root or here
     dataset = RawDataset()
     for i, row in enumerate(rows):
         where = f"{source} entry {i}"
         if not isinstance(row, dict):
             raise InvalidSourceError(f"{where}: expected an object with image_id, caption and negative_caption")
-        image_id = row.get("image_id")
-        if isinstance(image_id, bool) or not isinstance(image_id, (int, str)) or str(image_id) == "":
-            raise InvalidSourceError(f"{where}: image_id must be a COCO image id, got {image_id!r}")
-        name = f"{int(image_id):012d}.jpg" if str(image_id).isdigit() else str(image_id)
+        name = _image_name(row.get("image_id"), where)
         negative_image = row.get("negative_image")
         if negative_image is not None and not isinstance(negative_image, str):
             raise InvalidSourceError(f"{where}: negative_image must be a path, got {negative_image!r}")
@@ -43,12 +42,22 @@ def read(source: str, images_root: str | None, split: str | None,
     return dataset
 
 
-def _rows(source: str) -> list:
-    if not os.path.isfile(source):
+def _image_name(image_id: object, where: str) -> str:
+    """COCO's file name for a numeric id (an int, or ASCII digits: "²" is a digit to str.isdigit, not to
+    int); any other text names the image file itself."""
+    if isinstance(image_id, int) and not isinstance(image_id, bool) and image_id >= 0:
+        return f"{image_id:012d}.jpg"
+    if isinstance(image_id, str) and image_id.strip():
+        return f"{int(image_id):012d}.jpg" if re.fullmatch(r"[0-9]+", image_id) else image_id
+    raise InvalidSourceError(f"{where}: image_id must be a COCO image id (a non-negative integer) or an image "
+                             f"path, got {image_id!r}")
+
+
+def _rows(source: str, source_options: SourceOptions) -> list:
+    if not source_options.isfile(source):
         raise InvalidSourceError(f"trohn source {source} is not a file")
     try:
-        with open(source, encoding="utf-8") as f:
-            text = f.read()
+        text = source_options.read(source).decode("utf-8")
         try:
             data = json.loads(text)
         except json.JSONDecodeError:

@@ -1,0 +1,29 @@
+"""The fine-tuning baselines every study measures local heads against: the encoder fine-tuned end to
+end on the heads' training data, on its captions alone and NegCLIP-style with its hard negatives,
+once per seed. Each result is handed back as the request that extracts it into a space of its own."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import replace
+
+from pipeline.encoders import EncoderRequest
+from pipeline.finetune.config import FinetuneConfig
+from pipeline.finetune.loop import extract_request, finetune
+
+# Method name -> whether the dataset's hard negatives are extra candidates.
+FINETUNED = {"fine-tuned": False, "fine-tuned + hard negatives": True}
+
+
+def finetuned_encoders(store: str, dataset: str, request: EncoderRequest, runs: str, config: FinetuneConfig,
+                       seeds: tuple[int, ...], *, split: str | None = None, device: str = "auto",
+                       progress: bool = True) -> Iterator[tuple[str, int, EncoderRequest, dict]]:
+    """(method, seed, request extracting the result, the run's record) for each baseline and seed;
+    runs in `runs/<method>-seed<seed>`."""
+    for method, hard in FINETUNED.items():
+        for seed in seeds:
+            run_dir = os.path.join(runs, f"{method.replace(' + ', '-').replace(' ', '-')}-seed{seed}")
+            record = finetune(store, dataset, request, run_dir, config=replace(config, hard_negatives=hard, seed=seed),
+                              split=split, device=device, progress=progress)
+            yield method, seed, extract_request(record, request), record
