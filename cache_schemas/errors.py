@@ -127,3 +127,20 @@ def disk_full_as_error(what: str, then: str = RERUN) -> Iterator[None]:
 
 def disk_full(what: str, then: str = RERUN) -> DiskFullError:
     return DiskFullError(f"the disk is full: no space left on the device to write {what}; {then}")
+
+
+def resume_command(resumed: bool, seed_given: bool = False) -> str:
+    """The command that continues a run folder's run from its last save: the same one with --resume, less
+    a --seed (which a resumed run refuses); the same one again where it had --resume already."""
+    if resumed:
+        return "the same command again"
+    return "the same command with --resume" + (" and without --seed" if seed_given else "")
+
+
+def after_full_disk(out: str, saved: str | None, resumed: bool, seed_given: bool = False) -> str:
+    """How a run folder's command stopped by a full disk goes on: before its first save (`saved` None),
+    the same command again, which starts the run over; after it, `resume_command` from what `saved` names."""
+    if saved is None:
+        return RERUN
+    return (f"{out} keeps {saved}: free some space, then run {resume_command(resumed, seed_given)} to continue "
+            "from it")

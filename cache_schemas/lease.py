@@ -5,7 +5,8 @@ disk, a conditional PUT `If-None-Match: *` on object stores): of two writers tha
 next number, exactly one succeeds. The holder renews its expiry while it works and marks the file
 released when it is done. A lease whose holder stopped renewing (SIGKILL, a lost node) expires after
 `ttl` seconds; on the holder's own host, a lease whose process is gone is taken over at once, so a
-rerun after a crash never waits."""
+rerun after a crash never waits. A record that cannot be read (garbage, cut short) holds the lease while
+younger than `ttl` and frees it once older, so damage never stops every writer for ever."""
 
 from __future__ import annotations
 
@@ -18,12 +19,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from .errors import StoreBusyError
+from .errors import DamagedMetadataError, StoreBusyError
 from .location import Location
 
 TTL = 60.0  # seconds a lease stays valid without renewal
 WAIT = 3600.0  # seconds a writer waits for a busy lease before it gives up
 POLL = 0.5
+RECORD = {"purpose": str, "host": str, "pid": int, "acquired": (int, float), "expires": (int, float)}  # what is read
 
 
 @contextmanager
@@ -77,13 +79,13 @@ def _acquire(location: Location, name: str, purpose: str, wait: float, ttl: floa
     deadline = time.monotonic() + wait
     told = False
     while True:
-        numbers = [int(n.split(".")[0]) for n in location.listdir(folder) if n.endswith(".json")]
+        numbers = [int(n[:-5]) for n in location.listdir(folder) if n.endswith(".json") and n[:-5].isdigit()]
         last = max(numbers, default=-1)
         try:
-            current = location.read_json(f"{folder}/{last}.json") if last >= 0 else None
+            held_by = _held_by(location, f"{folder}/{last}.json", ttl) if last >= 0 else None
         except FileNotFoundError:  # pruned between the listing and the read: look again
             continue
-        if current is None or not _alive(current):
+        if held_by is None:
             record = _holder(purpose, ttl)
             rel = f"{folder}/{last + 1}.json"
             try:
@@ -93,12 +95,49 @@ def _acquire(location: Location, name: str, purpose: str, wait: float, ttl: floa
             _prune(location, folder, keep_from=last)
             return _Lease(location, rel, record)
         if time.monotonic() > deadline:
-            raise StoreBusyError(f"{name} in {location.uri} is held by {_describe(current)}; "
-                                 f"gave up after waiting {wait:.0f}s")
+            raise StoreBusyError(f"{name} in {location.uri} is held by {held_by}; gave up after waiting {wait:.0f}s")
         if on_wait and not told:
-            on_wait(f"waiting for {name}: held by {_describe(current)}")
+            on_wait(f"waiting for {name}: held by {held_by}")
             told = True
         time.sleep(POLL)
+
+
+def _held_by(location: Location, rel: str, ttl: float) -> str | None:
+    """Who holds the lease whose newest record is `rel`, or None where it is free. An unreadable record
+    holds it while younger than `ttl` (as a live holder's would) and frees it once older."""
+    try:
+        record = _read(location, rel)
+    except DamagedMetadataError as exc:
+        age = location.age(rel)
+        if age > ttl:
+            return None
+        return f"an unreadable lease record, {exc.path} ({exc.why}), written {age:.0f}s ago (free once {ttl:.0f}s old)"
+    return _describe(record) if _alive(record) else None
+
+
+def _read(location: Location, rel: str) -> dict[str, Any]:
+    """A lease record; DamagedMetadataError where it is not one (not JSON, fields missing or of the wrong type)."""
+    record = location.read_json(rel, keys=tuple(RECORD))
+    wrong = [key for key, kind in RECORD.items() if not isinstance(record[key], kind) or isinstance(record[key], bool)]
+    if wrong:
+        raise location.damaged(rel, f"holds {', '.join(wrong)} of the wrong type")
+    return record
+
+
+def damaged_records(location: Location, name: str, older_than: float = TTL) -> dict[str, DamagedMetadataError]:
+    """The records of lease `name` that cannot be read, last written over `older_than` s ago, by path in the
+    store: what `verify` lists and `repair` removes (holding the lease, whose own record supersedes them)."""
+    found = {}
+    for rel in (f"locks/{name}/{file}" for file in location.listdir(f"locks/{name}") if file.endswith(".json")):
+        try:
+            try:
+                _read(location, rel)
+            except DamagedMetadataError as exc:
+                if location.age(rel) > older_than:
+                    found[rel] = exc
+        except FileNotFoundError:  # pruned meanwhile
+            pass
+    return found
 
 
 def _alive(record: dict[str, Any]) -> bool:
@@ -107,7 +146,7 @@ def _alive(record: dict[str, Any]) -> bool:
     if record["host"] == socket.gethostname():
         try:
             os.kill(record["pid"], 0)
-        except ProcessLookupError:
+        except (ProcessLookupError, OverflowError):  # no such process, or no pid a process can have
             return False
         except PermissionError:  # someone else's process: alive
             pass

@@ -82,6 +82,11 @@ class Location:
     def read_bytes(self, rel: str) -> bytes:
         return self.fs.cat_file(self.path(rel))
 
+    def age(self, rel: str) -> float:
+        """Seconds since `rel` was last written (a file's mtime, an object's LastModified), by this machine's clock."""
+        self.fs.invalidate_cache(self.path(rel))
+        return time.time() - self.fs.modified(self.path(rel)).timestamp()
+
     # -- metadata: every read of a store's JSON and Parquet files, where damage becomes one line naming the file
 
     def damaged(self, rel: str, why: str) -> DamagedMetadataError:
@@ -119,12 +124,9 @@ class Location:
             raise self.damaged(rel, f"cannot be read as {what} ({type(exc).__name__}: {reason})") from None
 
     def open_parquet(self, rel: str) -> BinaryIO:
-        """`rel` opened for pyarrow, and read through `parquet_file`. Arrow's pool threads hold what a read
-        gave them (a Python file, Python bytes) past the read's return and release it later, which takes the
-        interpreter lock: a release that comes once the interpreter has begun to exit aborts the process
-        ("terminate called without an active exception", exit 134; docs/RELIABILITY.md has the counts;
-        apache/arrow#33975, #34314). So a local file is Arrow's own; a remote one can only be fsspec's, and
-        Arrow reads it in this thread (`parquet_file`, use_threads=False)."""
+        """`rel` opened for pyarrow, and read through `parquet_file`: a local file is Arrow's own, which its
+        threads may read; a remote one can only be fsspec's, which Arrow reads in this thread (`arrow_threads`
+        says why)."""
         return pa.OSFile(self.path(rel)) if self.is_local else self.fs.open(self.path(rel), "rb")
 
     @property
@@ -133,13 +135,13 @@ class Location:
         return self.is_local
 
     def parquet_file(self, f: BinaryIO) -> pq.ParquetFile:
-        """A ParquetFile over `open_parquet`'s `f`; no pre-buffering (Arrow's I/O threads) unless `arrow_threads`."""
-        return pq.ParquetFile(f, pre_buffer=self.arrow_threads)
+        """A ParquetFile over `open_parquet`'s `f` (the module's `parquet_file`)."""
+        return parquet_file(f)
 
     def read_parquet(self, rel: str, columns: list[str] | None = None) -> pa.Table:
         """The table, or those of its columns it has."""
         with self.parsing(rel), self.open_parquet(rel) as f:
-            return self.parquet_file(f).read(columns=columns, use_threads=self.arrow_threads)
+            return parquet_table(f, columns)
 
     def read_parquet_schema(self, rel: str) -> pa.Schema:
         """The schema and its metadata, from the footer alone."""
@@ -251,6 +253,41 @@ class Location:
             reason = (str(exc).strip().splitlines() or [""])[0]
             raise UnreachableError(f"cannot reach {what} at {self.uri} ({type(exc).__name__}: {reason}); "
                                    f"{fix}") from None
+
+
+# -- what Arrow is given to read: every table read, the store's and the sources', goes through these
+
+
+def arrow_threads(source: str | BinaryIO) -> bool:
+    """Whether Arrow may read `source` on its own threads: a path, or Arrow's own file. Never a Python file
+    (fsspec's): Arrow's pool threads hold it, and the bytes read from it, past the read's return and release
+    them later, which takes the interpreter lock; a release once the interpreter has begun to exit aborts the
+    process ("terminate called without an active exception", exit 134; docs/RELIABILITY.md has the counts;
+    apache/arrow#33975, #34314)."""
+    return isinstance(source, (str, pa.NativeFile))
+
+
+def parquet_file(source: str | BinaryIO) -> pq.ParquetFile:
+    """A ParquetFile over `source`; a Python file without pre-buffering (Arrow's I/O threads). Read it with
+    use_threads=arrow_threads(source)."""
+    return pq.ParquetFile(source, pre_buffer=arrow_threads(source))
+
+
+def parquet_table(source: str | BinaryIO, columns: list[str] | None = None) -> pa.Table:
+    """The Parquet table at `source`, or those of its columns it has; a Python file read in this thread."""
+    return parquet_file(source).read(columns=columns, use_threads=arrow_threads(source))
+
+
+def arrow_stream(source: str | BinaryIO) -> str | pa.NativeFile:
+    """What Arrow's CSV and JSON readers may read: they read their input on Arrow's threads whatever
+    use_threads says, so a Python file's bytes are first copied, in this thread, into Arrow's memory (the
+    whole file: those readers hold the whole table anyway). A path is Arrow's to open."""
+    if arrow_threads(source):
+        return source
+    sink = pa.BufferOutputStream()
+    while chunk := source.read(1 << 24):
+        sink.write(chunk)  # a copy: Arrow keeps no Python bytes
+    return pa.BufferReader(sink.getvalue())
 
 
 @contextmanager

@@ -16,7 +16,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 from fsspec.core import split_protocol
@@ -57,8 +57,10 @@ def staged(location: Location) -> Iterator[str]:
     """A local folder to write `location`'s files in, published when the block ends without error: all of
     them, or none (a full disk is then one line naming `location`). Locally it is `.NAME.partial` beside
     the folder (on its filesystem: the files are renamed into place; one a killed run left is removed
-    here); remotely a temporary folder, uploaded file by file. Either is removed whatever happens."""
+    here); remotely a temporary folder, uploaded file by file. Either is removed whatever happens, as are
+    the folders made to hold it when nothing is published."""
     with disk_full_as_error(location.uri):
+        made = _first_missing(os.path.dirname(os.path.abspath(location.path()))) if location.is_local else None
         local = _staging(location.path()) if location.is_local else tempfile.mkdtemp(prefix="vlcache-out-")
         try:
             yield local
@@ -70,8 +72,25 @@ def staged(location: Location) -> Iterator[str]:
                 else:
                     with open(path, "rb") as f:
                         location.write_bytes(rel, f.read())
+            made = None  # they hold the output now
         finally:
             shutil.rmtree(local, ignore_errors=True)
+            if made:
+                _remove_empty(made)
+
+
+@contextmanager
+def no_empty_folder_left(location: Location) -> Iterator[None]:
+    """The block, which may make the local folder `location` (and its missing parents): where it fails,
+    those it made are removed again where they hold no file, so a run that saved nothing leaves no
+    empty run folder."""
+    made = _first_missing(os.path.abspath(location.path())) if location.is_local else None
+    try:
+        yield
+    except BaseException:
+        if made:
+            _remove_empty(made)
+        raise
 
 
 def _staging(folder: str) -> str:
@@ -80,6 +99,21 @@ def _staging(folder: str) -> str:
     shutil.rmtree(staging, ignore_errors=True)
     os.makedirs(staging)
     return staging
+
+
+def _first_missing(folder: str) -> str | None:
+    """The outermost of `folder` and its parents that does not exist (what making `folder` creates), or None."""
+    missing = None
+    while not os.path.isdir(folder):
+        missing, folder = folder, os.path.dirname(folder)
+    return missing
+
+
+def _remove_empty(top: str) -> None:
+    """`top` and the folders under it, where they hold no file."""
+    for folder, _, _ in os.walk(top, topdown=False):
+        with suppress(OSError):
+            os.rmdir(folder)
 
 
 def _files(root: str) -> Iterator[str]:

@@ -53,13 +53,18 @@ def repair(uri: str, storage_options: dict[str, Any] | None = None, wait: float 
     with lease.hold(location, "datasets", PURPOSE, wait=wait):
         _removed(report, location.remove_partials("datasets") + location.remove_partials(
             "locks/datasets", older_than=lease.TTL))
+        _lease_records(location, "datasets", report)
         for name in location.listdir("datasets"):
             if DATASET_NAME.fullmatch(name) and location.exists(f"{dataset_dir(name)}/manifest.json"):
                 _dataset(location, name, report)
-    for key in location.listdir("spaces"):
+    # also the leases of spaces never created (an extraction that died first): their records may be damaged too
+    prefix = space_lease("")
+    leased = {name.removeprefix(prefix) for name in location.listdir("locks") if name.startswith(prefix)}
+    for key in sorted(set(location.listdir("spaces")) | leased):
         with lease.hold(location, space_lease(key), PURPOSE, wait=wait):
             _removed(report, location.remove_partials(space_dir(key)) + location.remove_partials(
                 f"locks/{space_lease(key)}", older_than=lease.TTL))
+            _lease_records(location, space_lease(key), report)
             if _space_spec(location, key, report):
                 space = SpaceWriter.open(location, key)
                 for kind in KINDS:
@@ -76,6 +81,13 @@ def _holds_a_store(location: Location) -> bool:
 
 def _removed(report: RepairReport, paths: list[str]) -> None:
     report.repaired += [f"removed {p}, left by a write that was cut short" for p in paths]
+
+
+def _lease_records(location: Location, name: str, report: RepairReport) -> None:
+    """Remove the unreadable records of lease `name`, which repair holds: its own record supersedes them."""
+    for rel, exc in lease.damaged_records(location, name).items():
+        location.remove(rel)
+        report.repaired.append(f"removed {exc.path}, which {exc.why}: a lease record, superseded by repair's own")
 
 
 # -- the store and its datasets ---------------------------------------------------------------------

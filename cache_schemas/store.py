@@ -195,7 +195,7 @@ class Store:
         if not replace and self._other_content(name, fingerprint):  # refused before the lease: nothing written
             raise self._conflict(name)
         with lease.hold(self.location, "datasets", f"registering dataset {name}"):
-            self._remove_partials("datasets", "datasets")  # what a registration killed mid-write left
+            self._remove_partials("datasets", "datasets")  # what a registration killed mid-write left (few files)
             registered = self._register(name, conformed, fingerprint, source, replace)
             if stamps is not None:  # after the manifest: a cache of the source, not content
                 stamps = tables.conform(stamps, tables.STAMPS, "stamps")
@@ -297,18 +297,21 @@ class Store:
         the block: another writer of the same space waits for it, up to `wait` seconds."""
         self._require_writable()
         with lease.hold(self.location, space_lease(spec.key), purpose, wait=wait, on_wait=on_wait):
-            self._remove_partials(layout.space_dir(spec.key), space_lease(spec.key))  # a killed writer's
+            self._remove_partials(space_lease(spec.key))
             self.require_specs([spec.key])  # never new arrays over a space's committed rows
             if spec.key in self.space_keys():
-                yield SpaceWriter.open(self.location, spec.key)
+                writer = SpaceWriter.open(self.location, spec.key)
             else:
-                yield SpaceWriter.create(self.location, spec, geometry)
+                writer = SpaceWriter.create(self.location, spec, geometry)
+            writer.remove_partials()  # what a writer killed mid-write left: where writers write, not every chunk
+            yield writer
 
-    def _remove_partials(self, folder: str, lease_name: str) -> None:
-        """What writers killed mid-write left in `folder` and in the records of its lease (held by the caller;
-        its own renewals are younger than a lease's ttl)."""
-        self.location.remove_partials(folder)
+    def _remove_partials(self, lease_name: str, folder: str | None = None) -> None:
+        """What writers killed mid-write left in the records of the lease (held by the caller; its own renewals
+        are younger than a lease's ttl) and under `folder`."""
         self.location.remove_partials(f"locks/{lease_name}", older_than=lease.TTL)
+        if folder:
+            self.location.remove_partials(folder)
 
     def _require_writable(self) -> None:
         if not self.writable:

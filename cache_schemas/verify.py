@@ -54,8 +54,11 @@ def verify(store: Store) -> VerifyReport:
     except DamagedMetadataError as exc:
         report.metadata(exc)
     for path in store.location.partials(older_than=lease.TTL):
-        report.problems.append(f"{path} was left by a write cut short; the next run of the command that wrote it, "
-                               "or vlcache cache repair, removes it")
+        report.problems.append(f"{path} was left by a write cut short; vlcache cache repair removes it (so does the "
+                               "next writer of its space or datasets, unless it lies beside an indexed shard)")
+    for name in store.location.listdir("locks"):
+        for exc in lease.damaged_records(store.location, name).values():  # a writer takes over them: repair removes
+            report.metadata(exc)
     for name in store.dataset_names():
         _verify_dataset(store, name, report)
     for key in store.specless_spaces():

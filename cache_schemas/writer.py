@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import asdict
 
 import numpy as np
@@ -16,6 +18,7 @@ from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from . import tables
 from .embeddings import SpaceEmbeddings
+from .errors import DamagedMetadataError
 from .layout import (
     EMBEDDINGS,
     KINDS,
@@ -47,6 +50,7 @@ class SpaceWriter(SpaceEmbeddings):
     def __init__(self, location: Location, spec: EmbeddingSpace, geometry: Geometry):
         super().__init__(location, spec, geometry)
         self._retired: list[str] = []  # segments a merge replaced, removed once the manifest stops listing them
+        self._unlisted: list[str] = []  # segments written since the last manifest, which lists them once written
 
     @classmethod
     def create(cls, location: Location, spec: EmbeddingSpace, geometry: Geometry) -> SpaceWriter:
@@ -82,6 +86,37 @@ class SpaceWriter(SpaceEmbeddings):
             if array.shape[0] < rows:
                 array.resize((rows, *array.shape[1:]))
 
+    # -- what writes killed midway left ---------------------------------------------------------
+
+    def remove_partials(self) -> list[str]:
+        """Remove the `.partial` files writes killed midway left where this space's writers write (the caller
+        holds the lease): its metadata folders (ours: space.json, plans, commit records, the index; zarr's: the
+        group's and each array's zarr.json) and the chunk folders of the shards no segment covers yet (zarr's,
+        beside the shard file a killed worker was writing: pending, or committed by a run that did not compact).
+        Never a walk of the arrays, which hold a folder per shard: that is verify's and repair's."""
+        if not self.location.is_local:  # an object store has none: a PUT is atomic
+            return []
+        folders = ["", "plans", "index", *(f"parts/{kind}" for kind in KINDS), EMBEDDINGS,
+                   *(f"{EMBEDDINGS}/{name}" for name in self.layouts)]
+        removed = [p for folder in folders for p in self.location.remove_partials(self._rel(folder), recursive=False)]
+        for kind in KINDS:
+            try:
+                unindexed = self.pending_shards(kind) + self.ledger.uncovered_commits(kind)
+            except DamagedMetadataError:  # a damaged plan or index: repair rebuilds it, and walks every folder
+                continue
+            removed += self._remove_shard_partials(kind, unindexed)
+        return removed
+
+    def _remove_shard_partials(self, kind: Kind, shards: list[int]) -> list[str]:
+        """zarr's `.partial` files beside the shard files of `shards`, in every array of `kind`."""
+        return [p for shard in shards for name in self.arrays(kind)
+                for p in self.location.remove_partials(self._shard_file(name, shard).rsplit("/", 1)[0],
+                                                       recursive=False)]
+
+    def _shard_file(self, name: str, shard: int) -> str:
+        """The file of array `name` holding vlcache shard `shard` (one Zarr shard)."""
+        return self._rel(f"{EMBEDDINGS}/{name}/c/{shard}" + "/0" * len(self.layouts[name].row_shape))
+
     # -- plans and commits ----------------------------------------------------------------------
 
     def write_plan(self, kind: Kind, plan: pa.Table) -> None:
@@ -116,17 +151,19 @@ class SpaceWriter(SpaceEmbeddings):
     def compact(self) -> None:
         """Index the committed rows no segment covers yet, in a new segment per kind (only they are
         read), and merge the newest segments while they are of a size. The caller holds the lease."""
-        for kind in KINDS:
-            fresh = self.ledger.uncovered_commits(kind)
-            segments = list(self.ledger.segments(kind))
-            if fresh:
-                rows = pa.concat_tables([self.part(kind, s)[0] for s in fresh])
-                segments.append(self._write_segment(kind, [rows], frozenset(fresh)))
-            while len(segments) > 1 and segments[-1].rows * 2 >= segments[-2].rows and \
-                    segments[-1].rows + segments[-2].rows <= MERGE_ROWS_AT_MOST:
-                segments[-2:] = [self._merge(kind, segments[-2], segments[-1])]
-            if fresh or not self.location.exists(index_manifest(self.key, kind)):
-                self._write_manifest(kind, segments)
+        with self._indexing():
+            for kind in KINDS:
+                fresh = self.ledger.uncovered_commits(kind)
+                self._remove_shard_partials(kind, fresh)  # a worker lost mid-write left one; another wrote the shard
+                segments = list(self.ledger.segments(kind))
+                if fresh:
+                    rows = pa.concat_tables([self.part(kind, s)[0] for s in fresh])
+                    segments.append(self._write_segment(kind, [rows], frozenset(fresh)))
+                while len(segments) > 1 and segments[-1].rows * 2 >= segments[-2].rows and \
+                        segments[-1].rows + segments[-2].rows <= MERGE_ROWS_AT_MOST:
+                    segments[-2:] = [self._merge(kind, segments[-2], segments[-1])]
+                if fresh or not self.location.exists(index_manifest(self.key, kind)):
+                    self._write_manifest(kind, segments)
         self._note_schema_version()
 
     def reindex(self, kind: Kind, shards: list[int]) -> None:
@@ -137,20 +174,22 @@ class SpaceWriter(SpaceEmbeddings):
         segments: list[Segment] = []
         parts: dict[int, pa.Table] = {}
         rows = 0
-        for shard in shards:
-            parts[shard] = self.part(kind, shard)[0]
-            rows += parts[shard].num_rows
-            if rows >= MERGE_ROWS_AT_MOST or shard == shards[-1]:
-                segments.append(self._write_segment(kind, list(parts.values()), frozenset(parts)))
-                parts, rows = {}, 0
-        self._retired.extend(old)
-        self._write_manifest(kind, segments)
+        with self._indexing():
+            for shard in shards:
+                parts[shard] = self.part(kind, shard)[0]
+                rows += parts[shard].num_rows
+                if rows >= MERGE_ROWS_AT_MOST or shard == shards[-1]:
+                    segments.append(self._write_segment(kind, list(parts.values()), frozenset(parts)))
+                    parts, rows = {}, 0
+            self._retired.extend(old)
+            self._write_manifest(kind, segments)
 
     def _write_segment(self, kind: Kind, parts: list[pa.Table], shards: frozenset[int]) -> Segment:
         number = self._next_segment(kind)
         rel = index_segment(self.key, kind, number)
         rows = pa.concat_tables([tables.conform(p, PART_SCHEMAS[kind], f"{kind} index") for p in parts])
         self.location.write_parquet(rel, rows, row_group_size=SCAN_BATCH)
+        self._unlisted.append(rel)
         return Segment(rel, shards, rows.num_rows)
 
     def _merge(self, kind: Kind, older: Segment, newer: Segment) -> Segment:
@@ -170,11 +209,26 @@ class SpaceWriter(SpaceEmbeddings):
         doc = {"segments": [{"file": s.rel.rsplit("/", 1)[-1], "shards": shard_ranges(s.shards), "rows": s.rows}
                             for s in segments], "compacted": time.time()}
         self.location.write_json(index_manifest(self.key, kind), doc)
+        self._unlisted.clear()
         self.ledger.set_segments(kind, segments)
         for rel in self._retired:
             if self.location.exists(rel):
                 self.location.remove(rel)
         self._retired.clear()
+
+    @contextmanager
+    def _indexing(self) -> Iterator[None]:
+        """Segments written for a manifest that never was (a full disk, an error) are listed nowhere: removed
+        on the way out, so a failed compaction, collection or repair leaves the index files as they were."""
+        try:
+            yield
+        except BaseException:
+            for rel in self._unlisted:
+                with suppress(OSError):  # the error being raised is the one to report
+                    self.location.remove(rel)
+            self._unlisted.clear()
+            self._retired.clear()  # still listed by the manifest on disk
+            raise
 
     def _note_schema_version(self) -> None:
         """A store of an older minor version that gains segments is of this version now."""
@@ -196,7 +250,7 @@ class SpaceWriter(SpaceEmbeddings):
         self._unplan(kind, shard)
         freed = 0
         for name in self.arrays(kind):
-            rel = self._rel(f"{EMBEDDINGS}/{name}/c/{shard}" + "/0" * len(self.layouts[name].row_shape))
+            rel = self._shard_file(name, shard)
             if self.location.exists(rel):
                 freed += self.location.fs.size(self.location.path(rel))
                 self.location.remove(rel)
@@ -210,12 +264,13 @@ class SpaceWriter(SpaceEmbeddings):
             if shard in segment.shards:  # first: a shard number reused later must never find these rows indexed
                 rows = self.ledger.read_segment(kind, segment)
                 rows = rows.filter(pa.array(self.geometry.shard_of(rows["row"].to_numpy()) != shard))
-                if rows.num_rows:
-                    segments[i] = self._write_segment(kind, [rows], segment.shards - {shard})
-                else:
-                    del segments[i]
-                self._retired.append(segment.rel)
-                self._write_manifest(kind, segments)
+                with self._indexing():
+                    if rows.num_rows:
+                        segments[i] = self._write_segment(kind, [rows], segment.shards - {shard})
+                    else:
+                        del segments[i]
+                    self._retired.append(segment.rel)
+                    self._write_manifest(kind, segments)
                 return
 
     def _unplan(self, kind: Kind, shard: int) -> None:

@@ -9,6 +9,7 @@ import torch
 
 from cache_schemas import InvalidSpecError
 from pipeline.encoders import EncoderRequest, UnknownModelError, describe, load_encoder
+from pipeline.encoders.openclip import text_features
 
 CAPTIONS = ["a red circle", "a small blue striped square to the left of a large green triangle", "hi",
             "two dogs playing with a frisbee in the park on a sunny afternoon"]
@@ -31,6 +32,22 @@ def test_trimmed_causal_text_equals_the_padded_pass(tiny):
     # and both equal open_clip's own text encoder
     reference = torch.nn.functional.normalize(tiny.model.encode_text(ids), dim=-1).detach().numpy()
     np.testing.assert_allclose(trimmed_global, reference, atol=1e-3)
+
+
+def test_training_text_features_are_open_clips_own_in_value_and_gradient(tiny):
+    """text_features (the training loops' text pass) runs a causal tower only to the longest caption."""
+    ids, n = tiny.tokenize(CAPTIONS[:3])  # the longest is well short of the context
+    assert int(n.max()) < ids.shape[1]
+    model = load_encoder(tiny.space).model.requires_grad_(True)  # a copy: the fixture's stays frozen
+    grads = []
+    for features in (text_features, lambda m, i, _: m.encode_text(i, normalize=True)):
+        model.zero_grad()
+        out = features(model, ids, n)
+        out.sum().backward()
+        grads.append((out.detach(), model.token_embedding.weight.grad.clone()))
+    (trimmed, trimmed_grad), (full, full_grad) = grads
+    torch.testing.assert_close(trimmed, full, atol=1e-5, rtol=0)
+    torch.testing.assert_close(trimmed_grad, full_grad, atol=1e-4, rtol=1e-4)  # float sums in another order
 
 
 def test_only_real_tokens_are_returned(tiny):

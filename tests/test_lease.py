@@ -109,3 +109,47 @@ def test_a_lease_is_released_when_the_block_fails(tmp_path):
             raise KeyboardInterrupt
     with hold(location, "space-k", "second", wait=0):
         pass
+
+
+def _unreadable_record(tmp_path, content: bytes, age: float) -> Location:
+    folder = tmp_path / "locks" / "space-k"
+    folder.mkdir(parents=True)
+    (folder / "0.json").write_bytes(content)
+    past = time.time() - age
+    os.utime(folder / "0.json", (past, past))
+    return Location(str(tmp_path))
+
+
+UNREADABLE = {"garbage": b"\x00\xff not json", "truncated": b'{"owner": "x", "host": "h', "empty": b"",
+              "not a record": b'{"owner": "x"}', "wrong types": b'{"purpose": 1, "host": "h", "pid": "1", '
+                                                                b'"acquired": 0, "expires": 1e20}'}
+
+
+@pytest.mark.parametrize("content", UNREADABLE.values(), ids=list(UNREADABLE))
+def test_an_unreadable_lease_record_holds_the_lease_while_younger_than_ttl(tmp_path, content):
+    """A record cut short (a writer killed mid-write, a full disk) counts as held, as a record being written
+    would, then as free once older than the ttl: never a JSON error for every writer for ever."""
+    location = _unreadable_record(tmp_path, content, age=1)
+    with pytest.raises(StoreBusyError) as busy:
+        with hold(location, "space-k", "second", wait=0, ttl=30):
+            pass
+    message = str(busy.value)
+    assert len(message.splitlines()) == 1 and "gave up after waiting" in message
+    assert f"an unreadable lease record, {location.url('locks/space-k/0.json')} (" in message
+    past = time.time() - 31
+    os.utime(tmp_path / "locks/space-k/0.json", (past, past))
+    with hold(location, "space-k", "second", wait=0, ttl=30):
+        assert location.read_json("locks/space-k/1.json")["purpose"] == "second"
+    with hold(location, "space-k", "third", wait=0):  # and the next writer prunes it
+        assert not location.exists("locks/space-k/0.json")
+
+
+def test_an_unreadable_lease_record_on_an_object_store_is_aged_by_its_last_modified_time(s3_store):
+    uri, options = s3_store
+    location = Location(uri, options)
+    location.write_bytes("locks/space-k/0.json", b"{")
+    with pytest.raises(StoreBusyError, match="unreadable lease record"):
+        with hold(location, "space-k", "second", wait=0, ttl=30):
+            pass
+    with hold(location, "space-k", "second", wait=10, ttl=1):  # free within a second or two (S3's clock)
+        assert location.read_json("locks/space-k/1.json")["purpose"] == "second"

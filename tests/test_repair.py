@@ -39,6 +39,12 @@ def _stale(path) -> None:
     os.utime(path, (past, past))
 
 
+def _space_lease_record(store):
+    """The newest record of the space's lease."""
+    folder = store / "locks" / f"space-{os.listdir(store / 'spaces')[0]}"
+    return max(folder.glob("*.json"), key=lambda path: int(path.stem))
+
+
 # (what is damaged, how, the files (a line names one, verify lists each), whether repair restores them, a fragment
 # of repair's line about the first)
 CASES = {
@@ -72,6 +78,8 @@ CASES = {
                        "which the next extraction reads again"),
     "stale .partial": (lambda s: _stale(s / _space(s) / "parts/images/000001.parquet.0f1e2d.partial"),
                        "000001.parquet.0f1e2d.partial", True, "left by a write that was cut short"),
+    "lease record garbage, older than the ttl": (lambda s: _stale(_space_lease_record(s)), "locks/space-", True,
+                                                 "a lease record, superseded by repair's own"),
     "dataset table truncated": (lambda s: _truncate(s / "datasets/sc/items.parquet"), "datasets/sc/items.parquet",
                                 False, "vlcache cache rm"),
     "space.json and its Zarr attributes garbage": (
@@ -191,6 +199,21 @@ def test_repair_waits_for_the_writer_of_a_space_and_gives_up_in_one_line(small_s
     assert verify_at(str(store)).ok
 
 
+def test_repair_waits_for_an_unreadable_lease_record_younger_than_the_ttl(small_store, tmp_path, capsys):
+    """A record that may still be being written holds the lease: repair says which file, in one line."""
+    store = tmp_path / "store"
+    shutil.copytree(small_store, store)
+    record = _space_lease_record(store)
+    _garbage(record)
+    assert main(["cache", "repair", str(store), "--wait", "0"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and f"an unreadable lease record, {record} (is not JSON" in err, err
+    past = time.time() - 600
+    os.utime(record, (past, past))
+    assert main(["cache", "repair", str(store)]) == 0 and not record.exists()
+    assert verify_at(str(store)).ok
+
+
 def test_repair_never_makes_a_store(tmp_path, capsys):
     (tmp_path / "project" / "datasets").mkdir(parents=True)  # a folder that merely has a datasets/ in it
     for where in (tmp_path / "missing", tmp_path / "project"):
@@ -200,18 +223,40 @@ def test_repair_never_makes_a_store(tmp_path, capsys):
     assert not (tmp_path / "missing").exists()
 
 
-def test_a_stale_partial_is_removed_by_the_next_writer(small_store, small_sugarcrepe, tmp_path):
-    """What a killed writer left (ours, or zarr's beside a chunk) goes when the same command runs again."""
+def test_a_stale_partial_is_removed_by_the_next_writer(small_store, small_sugarcrepe, tmp_path, capsys):
+    """What a killed run left goes when the same command runs again: ours, beside the space's metadata and a
+    dataset's tables; zarr's, beside the group's and arrays' zarr.json and beside the shard files of the shards
+    no segment covers yet: one a worker was writing (pending: no commit record), and those a run committed
+    but was killed before it indexed. The writer lists those folders only, never every chunk folder: a partial
+    beside an indexed shard (a worker lost mid-write, its shard written by another) is verify's and repair's."""
     store = tmp_path / "store"
     shutil.copytree(small_store, store)
-    left = [store / _space(store) / "parts/texts/000002.parquet.1a2b.partial",
-            store / _space(store) / "embeddings.zarr/image_cls/c/0/0.3c4d.partial",
-            store / "datasets/sc/items.parquet.5e6f.partial"]
-    for path in left:
+    space = store / _space(store)
+    for name in os.listdir(space / "index"):  # killed before it indexed its commits
+        (space / "index" / name).unlink()
+    (space / "parts/images/000001.parquet").unlink()  # and while writing image shard 1
+    left = [space / "parts/texts/000002.parquet.1a2b.partial", space / "plans/images-000000.parquet.2b3c.partial",
+            space / "index/images.json.4d5e.partial", space / "space.json.6f7a.partial",
+            space / "embeddings.zarr/zarr.8b9c.partial", space / "embeddings.zarr/image_cls/zarr.0d1e.partial",
+            space / "embeddings.zarr/image_cls/c/1/0.3c4d.partial",  # beside the pending shard's file
+            space / "embeddings.zarr/image_patches/c/1/0/0.5e6f.partial",
+            space / "embeddings.zarr/text_tokens/c/3/0.7a8b.partial"]  # beside a committed, unindexed shard
+    registration = store / "datasets/sc/items.parquet.5e6f.partial"
+    for path in [*left, registration]:
         _stale(path)
+    assert main(["cache", "gc", str(store), "--collect"]) == 0  # a writer of the space that encodes nothing
+    assert not [path for path in left if path.exists()]
     annotations, images = small_sugarcrepe
-    run_extract(annotations, "sugarcrepe", "sc", store, images_root=images)
-    assert not any(path.exists() for path in left)
+    assert run_extract(annotations, "sugarcrepe", "sc", store, images_root=images).shards_run == 1
+    assert not registration.exists()
+    assert_same_content(store, small_store)
+    beside_indexed = space / "embeddings.zarr/image_cls/c/0/0.9c0d.partial"
+    _stale(beside_indexed)
+    assert main(["cache", "compact", str(store)]) == 0
+    assert beside_indexed.exists()  # not listed by a writer
+    assert any(str(beside_indexed) in p for p in verify_at(str(store)).problems)
+    assert main(["cache", "repair", str(store)]) == 0 and not beside_indexed.exists()
+    assert str(beside_indexed) in capsys.readouterr().out
     assert json.loads((store / "vlcache.json").read_text())["format"] == "vlcache"
 
 

@@ -55,7 +55,7 @@ def save(run: Location | str, head: Head, optimizer: dict[str, Any], state: dict
     """Write checkpoints/step-N/, then point checkpoint.json at it; keep the last `keep`. Each file is one
     atomic write, local or remote (`run` may be any fsspec URL), so the pointer never names half a checkpoint."""
     run = _location(run)
-    folder = f"checkpoints/step-{state['step']:07d}"
+    folder = folder_of(state["step"])
     tensors = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
     buffer = io.BytesIO()
     torch.save(optimizer, buffer)
@@ -70,6 +70,11 @@ def save(run: Location | str, head: Head, optimizer: dict[str, Any], state: dict
     for old in run.listdir("checkpoints")[:-keep]:
         run.remove(f"checkpoints/{old}", recursive=True)
     return run.url(folder)
+
+
+def folder_of(step: int) -> str:
+    """The checkpoint of `step`'s folder in its run (zero-padded: names sort by step)."""
+    return f"checkpoints/step-{step:07d}"
 
 
 def _discard(run: Location, folder: str) -> None:

@@ -17,9 +17,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from cache_schemas import ChunkCache, Location, VlcacheError, open_store
-from cache_schemas.errors import disk_full_as_error
-from cache_schemas.output import run_folder, staged
+from cache_schemas import ChunkCache, Location, SpaceEmbeddings, VlcacheError, open_store
+from cache_schemas.errors import RERUN, after_full_disk, disk_full_as_error
+from cache_schemas.output import no_empty_folder_left, run_folder, staged
 
 from . import checkpoint
 from .config import TrainConfig, load_config
@@ -67,7 +67,6 @@ def train(store_uri: str, dataset: str, head_name: str, out: str, *, space_key: 
     head = build_head(head_name, Dims.of(space.spec), run["head_config"]).to(torch_device)
     if not head.trainable:
         raise VlcacheError(f"head {head_name} has nothing to train; evaluate it with vlcache eval")
-    folder.ensure_writable("--out")
     optimizer, scheduler = _optimizer(head, cfg)
     step, loader_state = 0, LoaderState()
     if resume:
@@ -78,9 +77,12 @@ def train(store_uri: str, dataset: str, head_name: str, out: str, *, space_key: 
     state = {"head": head_name, "head_config": head.config.to_json(), "train": cfg.to_json(), "space_key": space.key,
              "store": store_uri, "dataset": dataset, "split": split, "eval_datasets": list(eval_datasets),
              "parameters": head.n_parameters(), "items": len(examples)}
-    log = _Log(folder)
-    if step == 0:
-        log.write({"event": "start", **state})
+    then = _after_full_disk(folder, step if resume else None, resume, seed)
+    with no_empty_folder_left(folder):  # past its first log line, the folder holds the run
+        folder.ensure_writable("--out")
+        log = _Log(folder, then)
+        if step == 0:
+            log.write({"event": "start", **state})
     monitor = HealthMonitor()
     reports: dict[str, Any] = {}
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if torch_device.type == "cuda" else nullcontext()
@@ -115,24 +117,43 @@ def train(store_uri: str, dataset: str, head_name: str, out: str, *, space_key: 
                            "batch_crc": zlib.crc32(batch.examples.tobytes())})  # the data order, checkable
             health = monitor.health()
             if evals and (step % cfg.eval_every == 0 or step == cfg.steps):
-                reports = {name: evaluate(space, d, head, device=str(torch_device), retrieval_k=cfg.retrieval_k)
-                           for name, d in evals.items()}
-                for report in reports.values():
-                    report["training"] = health.to_json()
+                reports = _evaluate(space, evals, head, torch_device, cfg, health.to_json())
                 headlines = {n: _headline(r) for n, r in reports.items()}
                 log.write({"step": step, "eval": headlines})
                 if progress:  # the bar shows the loss; the evaluations would otherwise reach only the log
                     bar.write(_eval_line(step, cfg.steps, headlines), file=sys.stderr)
                 head.train()
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                checkpoint.save(folder, head, _training_state(optimizer, scheduler),
-                                {**state, "step": step, "health": health.to_json(),
-                                 "loader": asdict(LoaderState(batch.epoch, batch.position + 1))})
+                with disk_full_as_error(folder.url(checkpoint.folder_of(step)), then):
+                    checkpoint.save(folder, head, _training_state(optimizer, scheduler),
+                                    {**state, "step": step, "health": health.to_json(),
+                                     "loader": asdict(LoaderState(batch.epoch, batch.position + 1))})
+                then = log.then = _after_full_disk(folder, step, resume, seed)
                 log.flush()  # a resumed run's log then reaches its checkpoint, on an object store too
-    with staged(folder.child("eval")) as evals_out:
+    if evals and resume and run["checkpoint"].state["step"] >= cfg.steps:
+        # resumed at its last step: the reports a full disk kept from being published
+        reports = _evaluate(space, evals, head, torch_device, cfg, run["checkpoint"].state["health"])
+    with disk_full_as_error(folder.child("eval").uri, then), staged(folder.child("eval")) as evals_out:
         for name, report in reports.items():
             write_report(report, os.path.join(evals_out, name))
     log.write({"event": "end", "step": step, "health": monitor.health().to_json()})
+    return reports
+
+
+def _after_full_disk(folder: Location, saved: int | None, resumed: bool, seed: int | None) -> str:
+    """What a run stopped by a full disk says to do: with --resume from its checkpoint of step `saved`,
+    naming it; before its first, the same command again."""
+    kept = None if saved is None else f"its checkpoint of step {saved} ({checkpoint.folder_of(saved)})"
+    return after_full_disk(folder.uri, kept, resumed, seed is not None)
+
+
+def _evaluate(space: SpaceEmbeddings, evals: dict[str, Any], head: Head, device: torch.device, cfg: TrainConfig,
+              training: dict[str, Any]) -> dict[str, Any]:
+    """The reports of `evals`, each with the run's health (`training`) so far."""
+    reports = {name: evaluate(space, d, head, device=str(device), retrieval_k=cfg.retrieval_k)
+               for name, d in evals.items()}
+    for report in reports.values():
+        report["training"] = training
     return reports
 
 
@@ -216,10 +237,10 @@ def _eval_line(step: int, steps: int, headlines: dict[str, dict[str, float]]) ->
         for name, values in headlines.items())
 
 
-def _append(path: str, data: bytes) -> None:
+def _append(path: str, data: bytes, then: str = RERUN) -> None:
     """`data` at the end of the file, or the file as it was (none, if there was none): a full disk leaves
-    no half a line."""
-    with disk_full_as_error(path), open(path, "ab", buffering=0) as f:
+    no half a line, and says `then`."""
+    with disk_full_as_error(path, then), open(path, "ab", buffering=0) as f:
         end = f.seek(0, os.SEEK_END)
         try:
             view = memoryview(data)
@@ -238,15 +259,16 @@ class _Log:
 
     NAME, FLUSH_SECONDS = "log.jsonl", 30.0
 
-    def __init__(self, run: Location):
+    def __init__(self, run: Location, then: str = RERUN):
         self.run = run
+        self.then = then  # what a full disk met writing it says to do
         self.lines = [] if run.is_local or not run.exists(self.NAME) else [run.read_bytes(self.NAME).decode()]
         self.flushed = time.monotonic()
 
     def write(self, record: dict[str, Any]) -> None:
         line = json.dumps({"time": round(time.time(), 3), **record}) + "\n"
         if self.run.is_local:
-            _append(self.run.path(self.NAME), line.encode())
+            _append(self.run.path(self.NAME), line.encode(), self.then)
             return
         self.lines.append(line)
         if "event" in record or time.monotonic() - self.flushed >= self.FLUSH_SECONDS:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 import click
 
 from cache_schemas import SCHEMA_VERSION, VlcacheError
-from cache_schemas.errors import disk_full, is_disk_full
+from cache_schemas.errors import disk_full, is_disk_full, resume_command
 from pipeline.finetune.config import FinetuneConfig
 
 FINETUNE_DEFAULTS = FinetuneConfig()
@@ -130,9 +130,7 @@ def _run_interrupted(out: str, saved: str | None, resumed: bool, seed_given: boo
     option left out), or, before its first save, the same command again, which starts it over."""
     if saved is None:
         return Interrupted(f"{out} holds no saved state yet; rerun the same command to start the run again")
-    how = ("the same command again" if resumed else
-           "the same command with --resume" + (" and without --seed" if seed_given else ""))
-    return Interrupted(f"{out} keeps {saved}; to continue from it, run {how}")
+    return Interrupted(f"{out} keeps {saved}; to continue from it, run {resume_command(resumed, seed_given)}")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

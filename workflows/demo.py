@@ -32,6 +32,7 @@ from . import report as demo_report
 from .baselines import finetuned_encoders
 from .control import build_control
 from .control import scaled as control_world
+from .parallel import Runner, side_by_side
 from .probe import run_probes
 from .results import Results
 from .world import WorldConfig, generate
@@ -64,23 +65,20 @@ class DemoConfig:
     # Every trained head and fine-tuned encoder is trained once per seed; results are mean and
     # standard error over them.
     seeds: tuple[int, ...] = (0, 1, 2)
-    # Training settings sized for two CPU cores (the heads' own settings are the library defaults).
-    # No retrieval: the study is about hard negatives.
+    # Training settings sized for two CPU cores (the heads' own settings are the library defaults):
+    # 100 steps of 32 items, a hard negative and 4 in-batch negatives each (no retrieval: the study is
+    # about hard negatives). Runs start in this order, side by side: the costliest first.
     heads: dict[str, dict] = field(default_factory=lambda: {
-        "maxsim": {"train": {"steps": 150, "batch_size": 32, "warmup_steps": 15, "in_batch_negatives": 4,
-                             "retrieval_k": 0}},
-        "global-mlp": {"train": {"steps": 100, "batch_size": 64, "warmup_steps": 10, "retrieval_k": 0}},
-        "tflocal": {"train": {"steps": 150, "batch_size": 32, "warmup_steps": 15, "in_batch_negatives": 4,
-                              "retrieval_k": 0}},
-    })
+        name: {"train": {"steps": 100, "batch_size": 32, "warmup_steps": 10, "in_batch_negatives": 4,
+                         "retrieval_k": 0}} for name in ("tflocal", "maxsim", "global-mlp")})
     # The fine-tuning baselines (workflows.baselines) on the world's training split, plain and with its
     # hard negatives; None leaves them out. The budget of a head, at a learning rate for a small encoder.
-    finetune: FinetuneConfig | None = FinetuneConfig(steps=150, batch_size=32, lr=1e-4, warmup_steps=15,
-                                                     checkpoint_every=150)
-    # The diagnostic's region sources (trainer.diagnostic.SOURCES). Crops resized to the full input
-    # are the classic source, but they show the tower a scale it never saw; add "crops-resize" to
-    # compare (about 40 s more).
-    region_sources: tuple[str, ...] = ("patches", "values", "crops")
+    finetune: FinetuneConfig | None = FinetuneConfig(steps=100, batch_size=32, lr=1e-4, warmup_steps=10,
+                                                     checkpoint_every=100)
+    # The diagnostic's region sources (trainer.diagnostic.SOURCES). Pooled cached features cost no
+    # encoder pass; add "crops" (each box encoded on a canvas, the classic source; about 40 s) or
+    # "crops-resize" (each box resized to the full input: a scale the tower never saw).
+    region_sources: tuple[str, ...] = ("patches", "values")
 
     @classmethod
     def for_world_encoder(cls, name: str) -> DemoConfig:
@@ -119,10 +117,10 @@ def run_demo(out: str, config: DemoConfig = DemoConfig(), progress: bool = True,
     log = functools.partial(_stage, timings=timings, progress=progress)
     for stale in ("store", "runs", "control"):  # results are recomputed; only the encoder checkpoint is reused
         shutil.rmtree(os.path.join(out, stale), ignore_errors=True)
-    with start_workers(ClusterConfig()) as workers:
+    with start_workers(ClusterConfig()) as workers, side_by_side() as run:
         if control is None:  # measured first: without it no result below means anything
             with log("positive control: can each head learn what is known to be in the tokens?"):
-                control = run_control(os.path.join(out, "control"), config, workers, progress)
+                control = run_control(os.path.join(out, "control"), config, workers, run, progress)
             if progress:
                 print("\n".join(demo_report.control_verdicts(control)).replace("**", ""), flush=True)
         with log("generate the world"):
@@ -144,11 +142,11 @@ def run_demo(out: str, config: DemoConfig = DemoConfig(), progress: bool = True,
         if progress:  # the first answer, before any head is trained
             print("\n".join(demo_report.encoder_verdicts(results)).replace("**", ""), flush=True)
         with log("train heads"):
-            _train_heads(os.path.join(out, "runs"), store, "world", config, progress, results)
+            _train_heads(os.path.join(out, "runs"), store, "world", config, run, progress, results)
         if config.finetune:
             with log("fine-tune the encoder (the baselines)"):
-                _finetuning_baselines(os.path.join(out, "runs"), world, request, store, config, workers, progress,
-                                      results)
+                _finetuning_baselines(os.path.join(out, "runs"), world, request, store, config, workers, run,
+                                      progress, results)
     summary = {"config": _jsonable(config), "timings": timings, "seconds": time.perf_counter() - started,
                "probes": probes}
     demo_report.write(out, summary, results, control, world_dir=os.path.join(out, "world"), plots=plots)
@@ -158,7 +156,7 @@ def run_demo(out: str, config: DemoConfig = DemoConfig(), progress: bool = True,
             "at_chance": {m: results.at_chance(m) for m in results.methods}}
 
 
-def run_control(out: str, config: DemoConfig, workers, progress: bool) -> Results:
+def run_control(out: str, config: DemoConfig, workers, run: Runner, progress: bool) -> Results:
     """Every method on the positive control: global cosine, and each trained head over the seeds."""
     built = build_control(out, config.control, workers=workers)
     results = Results(counts=built.world["counts"])
@@ -167,7 +165,7 @@ def run_control(out: str, config: DemoConfig, workers, progress: bool) -> Result
     for split in TEST_SPLITS:
         results.add("global", split, evaluate(space, store.dataset(f"control-{split}"),
                                               build_head("global", Dims.of(space.spec))))
-    _train_heads(os.path.join(out, "runs"), built.store, "control", config, progress, results)
+    _train_heads(os.path.join(out, "runs"), built.store, "control", config, run, progress, results)
     return results
 
 
@@ -184,10 +182,10 @@ def run_sweep(out: str, config: DemoConfig = DemoConfig(), points: tuple[dict[st
               progress: bool = True) -> list[dict[str, Any]]:
     """The study at each point of `points` (changes to the world config); plots swap accuracy and swap
     group score against complexity for every method."""
-    with start_workers(ClusterConfig()) as workers:
+    with start_workers(ClusterConfig()) as workers, side_by_side() as run:
         if progress:
             print("== positive control (once, for every point)", flush=True)
-        control = run_control(os.path.join(out, "control"), config, workers, progress)
+        control = run_control(os.path.join(out, "control"), config, workers, run, progress)
     results = []
     for changes in points:
         label = _label(changes)
@@ -232,11 +230,12 @@ def _extract(world: dict[str, Any], split: str, request: EncoderRequest, store: 
 
 
 def _finetuning_baselines(runs: str, world: dict[str, Any], request: EncoderRequest, store_uri: str,
-                          config: DemoConfig, workers, progress: bool, results: Results) -> None:
-    """The encoder fine-tuned on the world's training split per baseline and seed; each result extracted
-    on the test splits into its own space and scored there by global cosine."""
-    for method, _, tuned, record in finetuned_encoders(store_uri, "world-train", request, runs, config.finetune,
-                                                       config.seeds, progress=progress):
+                          config: DemoConfig, workers, run: Runner, progress: bool, results: Results) -> None:
+    """The encoder fine-tuned on the world's training split per baseline and seed (side by side); each
+    result extracted on the test splits into its own space and scored there by global cosine."""
+    for method, seed, tuned, record in finetuned_encoders(store_uri, "world-train", request, runs, config.finetune,
+                                                          config.seeds, progress=False, run=run):
+        _say(progress, f"{method}, seed {seed}: {record['health']['status']}")
         for split in TEST_SPLITS:
             _extract(world, split, tuned, store_uri, workers)
         store = open_store(store_uri)
@@ -261,20 +260,28 @@ def _untrained_methods(store_uri: str, config: DemoConfig, results: Results) -> 
             results.add(report["head"], split, report)
 
 
-def _train_heads(out: str, store_uri: str, prefix: str, config: DemoConfig, progress: bool,
+def _train_heads(out: str, store_uri: str, prefix: str, config: DemoConfig, run: Runner, progress: bool,
                  results: Results) -> None:
-    """Each configured head, once per seed, on `<prefix>-train`, evaluated on the test splits."""
+    """Each configured head, once per seed (side by side), on `<prefix>-train`, evaluated on the test splits."""
     os.makedirs(out, exist_ok=True)
-    for head, settings in config.heads.items():
-        for seed in config.seeds:
-            run_dir = os.path.join(out, f"{head}-seed{seed}")
-            path = run_dir + ".json"
-            with open(path, "w") as f:
-                json.dump({**settings, "train": {**settings["train"], "seed": seed}}, f)
-            reports = train(store_uri, f"{prefix}-train", head, run_dir, config_path=path, progress=progress,
-                            eval_datasets=[f"{prefix}-{s}" for s in TEST_SPLITS])
-            for split in TEST_SPLITS:
-                results.add(head, split, reports[f"{prefix}-{split}"], log=os.path.join(run_dir, "log.jsonl"))
+    jobs = [(head, seed, os.path.join(out, f"{head}-seed{seed}")) for head in config.heads for seed in config.seeds]
+    for head, seed, run_dir in jobs:
+        with open(run_dir + ".json", "w") as f:
+            json.dump({**config.heads[head], "train": {**config.heads[head]["train"], "seed": seed}}, f)
+    calls = [dict(store_uri=store_uri, dataset=f"{prefix}-train", head_name=head, out=run_dir,
+                  config_path=run_dir + ".json", progress=False, eval_datasets=[f"{prefix}-{s}" for s in TEST_SPLITS])
+             for head, _, run_dir in jobs]
+    for (head, seed, run_dir), reports in zip(jobs, run(train, calls)):
+        scores = [100 * reports[f"{prefix}-{s}"]["caption_accuracy"]["by_subset"]["all"] for s in TEST_SPLITS]
+        _say(progress, f"{head}, seed {seed}: {scores[0]:.1f} / {scores[1]:.1f}% of captions over their negatives "
+                       "(in-domain / out of domain)")
+        for split in TEST_SPLITS:
+            results.add(head, split, reports[f"{prefix}-{split}"], log=os.path.join(run_dir, "log.jsonl"))
+
+
+def _say(progress: bool, line: str) -> None:
+    if progress:
+        print(f"   {line}", flush=True)
 
 
 def _jsonable(config: DemoConfig) -> dict[str, Any]:

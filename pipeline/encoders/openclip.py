@@ -269,12 +269,28 @@ class _TextTower:
 
     @property
     def causal(self) -> bool:
-        return self.attn_mask is not None and self.pool_type in ("argmax", "eos", "last")
+        # Pooled at a real token: padding after the longest text changes no output. (Pooled at the
+        # last position, the pooled token would be padding, which a trimmed pass moves.)
+        return self.attn_mask is not None and self.pool_type in ("argmax", "eos")
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
         if self.projection is None:
             return x
         return self.projection(x) if isinstance(self.projection, torch.nn.Module) else x @ self.projection
+
+
+def text_features(model: torch.nn.Module, ids: torch.Tensor, n_tokens: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """`model.encode_text(ids, normalize=True)`, differentiable; a causal tower runs only up to the
+    longest text's `n_tokens` (its real tokens never attend to the padding after them: the same
+    features for a fraction of the compute on short captions, which is what training loops feed it)."""
+    tower = _TextTower.of(model)
+    if tower is None or not tower.causal:
+        return model.encode_text(ids, normalize=True)
+    length = int(max(n_tokens))
+    ids = ids[:, :length]
+    x = tower.token_embedding(ids) + tower.positional_embedding[:length]
+    x = tower.transformer(x, attn_mask=tower.attn_mask[:length, :length])
+    return F.normalize(tower.project(text_global_pool(tower.ln_final(x), ids, tower.pool_type, tower.eos_id)), dim=-1)
 
 
 class TextTokenizer(Tokenizer):

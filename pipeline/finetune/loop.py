@@ -20,14 +20,16 @@ import torch
 from tqdm.auto import tqdm
 
 from cache_schemas import DatasetTables, VlcacheError, open_store
+from cache_schemas.errors import after_full_disk, disk_full_as_error
 from cache_schemas.location import atomic_file
+from cache_schemas.output import no_empty_folder_left, run_folder
 from trainer.data import Batch, batch_rows
 from trainer.health import HealthMonitor
 from trainer.objective import Groups, chance_loss, group_loss, groups
 from trainer.train import resolve_device, step_generator, warmup_cosine
 
 from ..encoders import EncoderRequest, file_sha256
-from ..encoders.openclip import OpenClipEncoder, describe_model
+from ..encoders.openclip import OpenClipEncoder, describe_model, text_features
 from ..images import ImageError, decode, read_bytes
 from ..readers import SourceOptions
 from .config import FinetuneConfig
@@ -102,6 +104,7 @@ def finetune(store_uri: str, dataset: str, request: EncoderRequest, out: str, *,
     if not resume and os.path.exists(os.path.join(out, STATE_FILE)):
         raise VlcacheError(f"{out} already holds a fine-tuning run; pass --resume to continue it, or choose another "
                            "--out")
+    folder = run_folder(out, write=True)  # made by the first save: a run that saves nothing leaves no folder
     extract_model = _extract_model(request)
     sources = SourceOptions(source_options)
     pairs = Pairs.of(open_store(store_uri, storage_options=storage_options).dataset(dataset), split,
@@ -115,10 +118,9 @@ def finetune(store_uri: str, dataset: str, request: EncoderRequest, out: str, *,
     optimizer = torch.optim.AdamW(_parameter_groups(model, config.weight_decay), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: warmup_cosine(s, config.warmup_steps, config.steps))
-    step = 0
+    step = saved = 0  # saved: the step of the last state.pt
     if state is not None:
-        step = _restore(state, model, optimizer, scheduler)
-    os.makedirs(out, exist_ok=True)
+        step = saved = _restore(state, model, optimizer, scheduler)
     monitor, losses = HealthMonitor(), list(state["losses"]) if state else []
     monitor.recent.extend(state["health_window"] if state else [])
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if torch_device.type == "cuda" else nullcontext()
@@ -131,9 +133,10 @@ def finetune(store_uri: str, dataset: str, request: EncoderRequest, out: str, *,
             scoring = groups(batch, config.batch_size - 1, step_generator(config.seed, step))
             uris = [pairs.uris[i] for i in batch.image_rows.tolist()]
             pixels = torch.stack(list(decoders.map(lambda uri: _pixels(encoder, uri, sources), uris)))
-            ids, _ = encoder.tokenize([pairs.texts[i] for i in batch.text_rows.tolist()])
+            ids, n_tokens = encoder.tokenize([pairs.texts[i] for i in batch.text_rows.tolist()])
             with amp:
-                value = _loss(model, encoder.normalised(pixels.to(torch_device)), ids.to(torch_device), scoring)
+                value = _loss(model, encoder.normalised(pixels.to(torch_device)), ids.to(torch_device), n_tokens,
+                              scoring)
             optimizer.zero_grad(set_to_none=True)
             value.backward()
             norm = torch.nn.utils.clip_grad_norm_(trained, config.grad_clip)
@@ -147,9 +150,18 @@ def finetune(store_uri: str, dataset: str, request: EncoderRequest, out: str, *,
             bar.update(1)
             bar.set_postfix(loss=f"{value.item():.3f}")
             if step % config.checkpoint_every == 0 or step == config.steps:
-                _save_state(out, model, optimizer, scheduler, step, request, config, losses, monitor)
-    return _finish(out, model, request, extract_model, config, dataset, split, monitor, losses,
-                   time.perf_counter() - started)
+                with no_empty_folder_left(folder), \
+                        disk_full_as_error(os.path.join(out, STATE_FILE), _after_full_disk(out, saved, resume)):
+                    _save_state(out, model, optimizer, scheduler, step, request, config, losses, monitor)
+                saved = step
+    with disk_full_as_error(os.path.join(out, MODEL_FILE), _after_full_disk(out, saved, resume)):
+        return _finish(out, model, request, extract_model, config, dataset, split, monitor, losses,
+                       time.perf_counter() - started)
+
+
+def _after_full_disk(out: str, saved: int, resumed: bool) -> str:
+    """How a run stopped by a full disk goes on: before its first save, started again; after it, resumed."""
+    return after_full_disk(out, f"its {STATE_FILE} of step {saved}" if saved else None, resumed)
 
 
 def _batch(pairs: Pairs, config: FinetuneConfig, step: int) -> Batch:
@@ -172,10 +184,11 @@ def _pixels(encoder: OpenClipEncoder, uri: str, sources: SourceOptions) -> torch
                            "record it as failed") from None
 
 
-def _loss(model: torch.nn.Module, pixels: torch.Tensor, ids: torch.Tensor, scoring: Groups) -> torch.Tensor:
+def _loss(model: torch.nn.Module, pixels: torch.Tensor, ids: torch.Tensor, n_tokens: np.ndarray,
+          scoring: Groups) -> torch.Tensor:
     """The groups' cross-entropy over the encoder's scaled cosine similarities: the loss heads train on."""
     images = model.encode_image(pixels, normalize=True)
-    texts = model.encode_text(ids, normalize=True)
+    texts = text_features(model, ids, n_tokens)
     scoring = scoring.to(images.device)
     pairs = images[scoring.image[scoring.valid]] * texts[scoring.text[scoring.valid]]
     return group_loss(model.logit_scale.exp() * pairs.sum(-1).float(), scoring)

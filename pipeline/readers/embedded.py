@@ -15,7 +15,8 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
+
+from cache_schemas.location import arrow_threads, parquet_file
 
 from .base import resolve
 from .remote import NO_OPTIONS, SourceOptions, absolute
@@ -88,7 +89,7 @@ def _arrow_table(path: str, source_options: SourceOptions) -> pa.Table:
 @lru_cache(maxsize=16)
 def _row_starts(path: str, source_options: SourceOptions) -> np.ndarray:
     with source_options.input(path) as file:
-        meta = pq.ParquetFile(file).metadata
+        meta = parquet_file(file).metadata
     return np.cumsum([0] + [meta.row_group(i).num_rows for i in range(meta.num_row_groups)])
 
 
@@ -101,4 +102,5 @@ def _row_group_of(path: str, row: int, source_options: SourceOptions) -> tuple[i
 @lru_cache(maxsize=4)
 def _parquet_group(path: str, column: str, group: int, source_options: SourceOptions) -> list:
     with source_options.input(path) as file:
-        return pq.ParquetFile(file).read_row_group(group, columns=[column])[column].to_pylist()
+        group_table = parquet_file(file).read_row_group(group, columns=[column], use_threads=arrow_threads(file))
+        return group_table[column].to_pylist()  # a remote (fsspec) file read in this thread: arrow_threads says why

@@ -24,9 +24,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.csv
 import pyarrow.json
-import pyarrow.parquet as pq
 
 from cache_schemas import InvalidSourceError, VlcacheError
+from cache_schemas.location import arrow_stream, parquet_table
 
 from .base import RawDataset, RawItem, ReaderOptions, as_text_list, caption_text, require_columns, resolve
 from .embedded import image_cells, is_image_column
@@ -58,14 +58,15 @@ def read_parts(source: str, fmt: str, options: ReaderOptions = ReaderOptions(), 
 def _read(path: str, fmt: str, options: ReaderOptions, source_options: SourceOptions) -> pa.Table:
     try:
         with source_options.input(path) as file:
+            # A remote file is fsspec's, which Arrow must not read on its threads (cache_schemas.location.arrow_threads)
             if fmt in SEPARATORS:
                 parse = pyarrow.csv.ParseOptions(delimiter=options.separator or SEPARATORS[fmt])
-                return pyarrow.csv.read_csv(file, parse_options=parse)
+                return pyarrow.csv.read_csv(arrow_stream(file), parse_options=parse)
             if fmt == "jsonl":
-                return pyarrow.json.read_json(file)
-            if fmt == "arrow":
+                return pyarrow.json.read_json(arrow_stream(file))
+            if fmt == "arrow":  # an IPC stream is read in this thread
                 return pa.ipc.open_stream(pa.memory_map(file) if isinstance(file, str) else file).read_all()
-            return pq.read_table(file)
+            return parquet_table(file)
     except VlcacheError:
         raise  # the source's filesystem refused us: its own line
     except (pa.ArrowInvalid, OSError) as exc:

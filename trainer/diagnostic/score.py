@@ -19,12 +19,16 @@ from .regions import Regions, normalise
 def segment_embeddings(space: SpaceEmbeddings, dataset: DatasetTables) -> dict[str, np.ndarray]:
     """Per caption hash: its segments' global text embeddings (S, E), or the caption's own when the
     dataset gives it no segments."""
-    out = {}
-    for text in dataset.texts.to_pylist():
-        segments = text["segments"] or [text["text"]]
-        rows = space.rows("texts", [text_hash(s) for s in segments])
-        if (rows >= 0).all():
-            out[text["hash"]] = normalise(space.read("text_global", rows).astype(np.float32))
+    captions = [(text["hash"], text["segments"] or [text["text"]]) for text in dataset.texts.to_pylist()]
+    rows = space.rows("texts", [text_hash(s) for _, segments in captions for s in segments])
+    found = rows[rows >= 0]
+    embeddings = dict(zip(found.tolist(), normalise(space.read("text_global", found).astype(np.float32))))
+    out, start = {}, 0
+    for caption, segments in captions:  # one read for every segment: a read per caption is slow
+        own = rows[start:start + len(segments)]
+        start += len(segments)
+        if (own >= 0).all():
+            out[caption] = np.stack([embeddings[r] for r in own.tolist()])
     return out
 
 

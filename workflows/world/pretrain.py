@@ -28,9 +28,9 @@ from PIL import Image
 from torchvision import transforms
 from tqdm import tqdm
 
-import pipeline.encoders.openclip  # noqa: F401  registers the vlcache model configs with open_clip
 from cache_schemas import VlcacheError
 from pipeline.encoders import file_sha256
+from pipeline.encoders.openclip import text_features  # importing it registers the vlcache model configs
 from trainer.train import warmup_cosine
 
 MAX_LOGIT_SCALE = math.log(100)  # open_clip_train's clamp: keeps the temperature from collapsing
@@ -69,6 +69,7 @@ class PretrainConfig:
 class TrainSet:
     pixels: torch.Tensor  # (N, 3, H, W) uint8, resized and cropped by the model's preprocessing
     tokens: torch.Tensor  # (N, context_length) int64
+    lengths: torch.Tensor  # (N,) real tokens of each caption
     normalize: transforms.Normalize
 
 
@@ -125,7 +126,8 @@ def _train_set(train_jsonl: str, model: str, preprocess_cfg: dict[str, Any],
     to_unit, normalize = _split_preprocess(preprocess_cfg)
     root = os.path.dirname(os.path.abspath(train_jsonl))
     pixels = torch.stack([_decode(os.path.join(root, r["image"]), to_unit) for r in rows])
-    return TrainSet(pixels, _tokens(model, [r[caption_field] for r in rows]), normalize)
+    tokens = _tokens(model, [r[caption_field] for r in rows])
+    return TrainSet(pixels, tokens, (tokens != 0).sum(dim=1), normalize)
 
 
 def _tokens(model: str, texts: list[str]) -> torch.Tensor:
@@ -165,8 +167,8 @@ def _train(model: torch.nn.Module, data: TrainSet, config: PretrainConfig, progr
             group["lr"] = config.lr * warmup_cosine(step, config.warmup, config.steps)
         index = next(batches)
         images = data.normalize(data.pixels[index].float() / 255)  # (B, 3, H, W)
-        image_features, text_features, scale = model(images, data.tokens[index])
-        loss = loss_fn(image_features, text_features, scale)
+        loss = loss_fn(model.encode_image(images, normalize=True),
+                       text_features(model, data.tokens[index], data.lengths[index]), model.logit_scale.exp())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
